@@ -1,0 +1,1 @@
+"""All the platform's logic: specs, jobs, workers, models. Never imports streamlit."""

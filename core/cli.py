@@ -1,0 +1,312 @@
+"""Every UI action as a command.
+
+    python -m core models list [--json]
+    python -m core models show MODEL [--json]
+    python -m core models create --arch gpt2|llama --size tiny|small --name NAME [--wait]
+    python -m core models add-starter [--name NAME] [--wait]
+    python -m core models import PATH_OR_HUB_ID --name NAME [--revision REV] [--wait]
+    python -m core models rename MODEL NEW_NAME
+    python -m core models delete MODEL --yes
+    python -m core jobs list [--status S] [--json]
+    python -m core jobs show ID [--json]
+    python -m core jobs cancel ID [--wait]
+    python -m core jobs logs ID [--lines N] [--follow]
+    python -m core jobs wait ID
+
+A command that starts a job prints the job id as its last line; with --wait it
+shows progress and exits non-zero (saying why) unless the job succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable
+
+from core import jobs, models
+from core.format import human_bytes, human_count
+from core.specs import AddStarterSpec, CreateModelSpec, ImportModelSpec, SpecError
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- waiting with a progress bar ------------------------------------------------------
+
+
+def _wait_and_report(job_id: int) -> int:
+    tty = sys.stderr.isatty()
+    last = {"line": ""}
+
+    def show(job) -> None:
+        p = jobs.progress(job)
+        frac = p.fraction or 0.0
+        bar = "#" * int(frac * 30)
+        eta = f" eta {p.eta_s:.0f}s" if p.eta_s is not None else ""
+        line = f"job {job.id} {job.status:<9} [{bar:<30}] {p.step}/{p.total or '?'}{eta} {p.message}"
+        if tty:
+            sys.stderr.write("\r" + line[:150].ljust(150))
+            sys.stderr.flush()
+        elif line != last["line"]:
+            print(line, file=sys.stderr, flush=True)
+        last["line"] = line
+
+    try:
+        job = jobs.wait(job_id, on_poll=show)
+    except KeyboardInterrupt:
+        print(f"\nstopped waiting; job {job_id} goes on (cancel: python -m core jobs cancel {job_id})", file=sys.stderr)
+        return 130
+    if tty:
+        sys.stderr.write("\n")
+    if job.status == "succeeded":
+        print(f"job {job_id} succeeded", file=sys.stderr)
+        return 0
+    why = f" ({job.error_class})" if job.error_class else ""
+    print(f"job {job_id} {job.status}{why}: {job.error or ''}", file=sys.stderr)
+    if job.status == "failed" and job.log_tail:
+        print(f"--- last lines of {jobs.log_path(job_id)} ---\n{job.log_tail}", file=sys.stderr)
+    return 1
+
+
+def _submit(spec: Any, wait: bool) -> int:
+    job_id = jobs.submit(spec)
+    print(f"{spec.title()}: job {job_id}", file=sys.stderr)
+    if wait:
+        code = _wait_and_report(job_id)
+        print(job_id)
+        return code
+    print(job_id)
+    return 0
+
+
+# --- models -------------------------------------------------------------------------
+
+
+def models_list(args) -> int:
+    rows = models.list_dicts()
+    if args.json:
+        _print_json(rows)
+        return 0
+    view = [
+        dict(r, params=human_count(r["num_parameters"]), size=human_bytes(r["size_bytes"]), arch=r["architecture"] or "-")
+        for r in rows
+    ]
+    print(_table(view, ["id", "name", "status", "source", "arch", "params", "size"]))
+    return 0
+
+
+def models_show(args) -> int:
+    row = models.find(args.model)
+    data = models.model_dict(row)
+    data["lineage"] = models.lineage(row)
+    if args.json:
+        _print_json(data)
+        return 0
+    for key, value in data.items():
+        if key == "details":
+            for k, v in (value or {}).items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def models_create(args) -> int:
+    spec = CreateModelSpec(
+        name=args.name,
+        arch=args.arch,
+        size=args.size,
+        n_layer=args.n_layer,
+        hidden_size=args.hidden_size,
+        n_head=args.n_head,
+        context_length=args.context_length,
+        vocab_size=args.vocab_size,
+        corpus=args.corpus or "",
+        seed=args.seed,
+    )
+    return _submit(spec, args.wait)
+
+
+def models_add_starter(args) -> int:
+    return _submit(AddStarterSpec(name=args.name), args.wait)
+
+
+def models_import(args) -> int:
+    return _submit(ImportModelSpec(source=args.source, name=args.name, revision=args.revision or ""), args.wait)
+
+
+def models_rename(args) -> int:
+    row = models.rename(models.find(args.model).id, args.new_name)
+    print(f"model {row.id} is now '{row.name}'")
+    return 0
+
+
+def models_delete(args) -> int:
+    row = models.find(args.model)
+    if not args.yes:
+        print(f"this deletes model {row.id} '{row.name}' and its files: add --yes to confirm", file=sys.stderr)
+        return 2
+    models.delete(row.id)
+    print(f"deleted model {row.id} '{row.name}'")
+    return 0
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+
+def jobs_list(args) -> int:
+    jobs.refresh()
+    rows = [jobs.job_dict(j) for j in jobs.list_jobs(status=args.status)]
+    if args.json:
+        _print_json(rows)
+        return 0
+    view = [
+        dict(
+            r,
+            progress=f"{r['progress']['step']}/{r['progress']['total'] or '?'}",
+            error=(r["error_class"] or ""),
+        )
+        for r in rows
+    ]
+    print(_table(view, ["id", "kind", "status", "progress", "error", "title"]))
+    return 0
+
+
+def jobs_show(args) -> int:
+    jobs.refresh()
+    data = jobs.job_dict(jobs.get(args.id))
+    if args.json:
+        _print_json(data)
+        return 0
+    for key, value in data.items():
+        print(f"{key}: {value}")
+    job = jobs.get(args.id)
+    if job.status in jobs.TERMINAL and job.log_tail:
+        print(f"--- log tail ---\n{job.log_tail}")
+    return 0
+
+
+def jobs_cancel(args) -> int:
+    jobs.refresh()
+    print(f"job {args.id}: {jobs.cancel(args.id)}")
+    if args.wait:
+        job = jobs.wait(args.id)
+        print(f"job {args.id} {job.status}")
+        return 0 if job.status in ("cancelled", "succeeded", "failed") else 1
+    return 0
+
+
+def jobs_logs(args) -> int:
+    path = jobs.log_path(args.id)
+    jobs.get(args.id)
+    if not args.follow:
+        print(jobs.read_log_tail(args.id, args.lines))
+        return 0
+    pos = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos = fh.tell()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+        jobs.refresh()
+        if jobs.get(args.id).status in jobs.TERMINAL and not chunk:
+            return 0
+        time.sleep(0.5)
+
+
+def jobs_wait(args) -> int:
+    return _wait_and_report(args.id)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="LLM Development Platform command line")
+    nouns = p.add_subparsers(dest="noun", required=True)
+
+    m = nouns.add_parser("models", help="create, import, list and manage models").add_subparsers(dest="verb", required=True)
+    c = m.add_parser("list", help="all models")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=models_list)
+    c = m.add_parser("show", help="one model's details and lineage")
+    c.add_argument("model", help="id or name")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=models_show)
+    c = m.add_parser("create", help="a new model from a config, with a tokenizer trained on a local corpus")
+    c.add_argument("--name", required=True)
+    c.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
+    c.add_argument("--size", choices=["tiny", "small", "custom"], default="tiny")
+    c.add_argument("--n-layer", type=int)
+    c.add_argument("--hidden-size", type=int)
+    c.add_argument("--n-head", type=int)
+    c.add_argument("--context-length", type=int)
+    c.add_argument("--vocab-size", type=int)
+    c.add_argument("--corpus", help="UTF-8 text file for the tokenizer (default: assets/corpus.txt)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--wait", action="store_true", help="wait for the job and report how it ended")
+    c.set_defaults(func=models_create)
+    c = m.add_parser("add-starter", help="convert the shipped SmolLM2-135M-Instruct GGUF to a model folder")
+    c.add_argument("--name", default=AddStarterSpec.name)
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=models_add_starter)
+    c = m.add_parser("import", help="import a local folder, a .gguf file or a Hub id")
+    c.add_argument("source", help="folder, .gguf file or Hub id")
+    c.add_argument("--name", required=True)
+    c.add_argument("--revision")
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=models_import)
+    c = m.add_parser("rename", help="rename a model")
+    c.add_argument("model")
+    c.add_argument("new_name")
+    c.set_defaults(func=models_rename)
+    c = m.add_parser("delete", help="delete a model and its files")
+    c.add_argument("model")
+    c.add_argument("--yes", action="store_true", help="confirm")
+    c.set_defaults(func=models_delete)
+
+    j = nouns.add_parser("jobs", help="watch and control jobs").add_subparsers(dest="verb", required=True)
+    c = j.add_parser("list")
+    c.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=jobs_list)
+    c = j.add_parser("show")
+    c.add_argument("id", type=int)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=jobs_show)
+    c = j.add_parser("cancel", help="graceful stop; a second cancel kills")
+    c.add_argument("id", type=int)
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=jobs_cancel)
+    c = j.add_parser("logs")
+    c.add_argument("id", type=int)
+    c.add_argument("--lines", type=int, default=200)
+    c.add_argument("--follow", "-f", action="store_true")
+    c.set_defaults(func=jobs_logs)
+    c = j.add_parser("wait", help="wait for a job; non-zero exit unless it succeeded")
+    c.add_argument("id", type=int)
+    c.set_defaults(func=jobs_wait)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[Any], int] = args.func
+    try:
+        return func(args)
+    except (SpecError, models.ModelError, jobs.JobNotFound, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

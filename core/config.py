@@ -1,0 +1,72 @@
+"""Settings, read from environment variables (the UI copies `st.secrets` into them).
+
+LLMDEV_HOME                  data home (default ./workspace)
+DATABASE_URL                 PostgreSQL instead of SQLite under the data home
+LLMDEV_MAX_CONCURRENT_JOBS   jobs running at once (default 1)
+LLMDEV_CANCEL_GRACE_S        seconds a cancelled job gets before SIGKILL (default 20)
+LLMDEV_AUTO_STARTER          convert the starter model on first launch (default 1)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import data_home, database_url, session  # noqa: F401  (re-exported)
+from storage.tables import Setting
+
+# A job on another host (shared PostgreSQL) is lost when its heartbeat is this old.
+LOST_AFTER_S = 60.0
+# The worker writes a heartbeat (and checks for a cancel request) this often.
+HEARTBEAT_S = 2.0
+SECRET_KEYS = (
+    "LLMDEV_HOME",
+    "DATABASE_URL",
+    "LLMDEV_MAX_CONCURRENT_JOBS",
+    "LLMDEV_CANCEL_GRACE_S",
+    "LLMDEV_AUTO_STARTER",
+)
+
+
+def _number(name: str, default: float, low: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number") from None
+    if value < low:
+        raise ValueError(f"{name}={raw!r}: must be at least {low:g}")
+    return value
+
+
+def max_concurrent_jobs() -> int:
+    return int(_number("LLMDEV_MAX_CONCURRENT_JOBS", 1, 1))
+
+
+def cancel_grace_s() -> float:
+    return _number("LLMDEV_CANCEL_GRACE_S", 20.0, 0)
+
+
+def auto_starter() -> bool:
+    return os.environ.get("LLMDEV_AUTO_STARTER", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def get_setting(key: str, default: Any = None) -> Any:
+    """A small fact kept in the database (survives restarts, shared by processes)."""
+    with session() as s:
+        row = s.get(Setting, key)
+    return default if row is None else row.value
+
+
+def claim_setting(key: str, value: Any) -> bool:
+    """Set `key` only if nobody has: True for the one process that wins."""
+    try:
+        with session() as s:
+            s.add(Setting(key=key, value=value))
+    except IntegrityError:
+        return False
+    return True

@@ -1,0 +1,436 @@
+"""The job lifecycle: submit, queue, launch, watch, cancel, detect lost workers.
+
+    queued -> running -> succeeded | failed | cancelled
+
+`submit(spec)` validates, writes the row and runs/<id>/spec.json, and starts a
+worker (`python -m core.worker <id>`) if fewer than max_concurrent_jobs run. A
+finishing worker starts the next queued job, so the queue drains with no daemon
+and no browser. Whoever looks (`refresh()`: the UI, the CLI, a worker) marks a
+running job whose worker is gone as failed/lost and escalates overdue cancels.
+Every state change is a conditional UPDATE on the current status, so two
+processes racing to finish the same job cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
+
+from core import config, models
+from core.specs import spec_to_dict
+from storage.db import data_home, database_url, session
+from storage.tables import Event, Job, Metric, utcnow
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
+ERROR_CLASSES = ("bad_input", "out_of_memory", "crashed", "lost")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_LINES = 40
+HOST = socket.gethostname()
+
+# Worker processes this process started; polled so they do not linger as zombies.
+_children: list[subprocess.Popen] = []
+
+
+def run_dir(job_id: int) -> Path:
+    return data_home() / "runs" / str(job_id)
+
+
+def log_path(job_id: int) -> Path:
+    return run_dir(job_id) / "log.txt"
+
+
+def submit(spec: Any, *, start: bool = True) -> int:
+    """Queue a validated spec; returns the job id. Writes nothing if anything fails."""
+    folder: Optional[Path] = None
+    try:
+        with session() as s:
+            model_ids = models.reserve_outputs(s, spec)
+            job = Job(
+                kind=spec.kind,
+                title=spec.title(),
+                spec=spec_to_dict(spec),
+                model_ids=model_ids,
+                status="queued",
+                progress_step=0,
+                progress_message="queued",
+                result={},
+            )
+            s.add(job)
+            s.flush()
+            models.link_job(s, model_ids, job.id)
+            s.add(Event(message=f"Queued job {job.id}: {job.title}", job_id=job.id))
+            folder = run_dir(job.id)
+            if folder.exists():  # left over from a database that was reset
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            (folder / "spec.json").write_text(json.dumps(spec_to_dict(spec), indent=2) + "\n")
+            job_id = job.id
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if start:
+        start_queued()
+    return job_id
+
+
+def _write_lock(s: Session) -> None:
+    """Serialise queue decisions across processes for the rest of this transaction."""
+    if s.bind.dialect.name == "sqlite":
+        # A write statement as the first one takes SQLite's write lock (waits on busy_timeout).
+        s.execute(text("UPDATE jobs SET id = id WHERE 1 = 0"))
+    else:
+        s.execute(text("SELECT pg_advisory_xact_lock(742002)"))
+
+
+def _claim_next() -> Optional[int]:
+    """Mark the oldest queued job running if a slot is free; return its id."""
+    with session() as s:
+        _write_lock(s)
+        running = s.scalar(select(func.count()).select_from(Job).where(Job.status == "running"))
+        if running >= config.max_concurrent_jobs():
+            return None
+        job = s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id).limit(1)).first()
+        if job is None:
+            return None
+        now = utcnow()
+        job.status, job.started_at, job.heartbeat_at = "running", now, now
+        job.host, job.pid, job.progress_message = HOST, None, "starting worker"
+        return job.id
+
+
+def start_queued() -> list[int]:
+    """Start workers for queued jobs while slots are free; returns the started ids."""
+    started = []
+    while (job_id := _claim_next()) is not None:
+        _launch(job_id)
+        started.append(job_id)
+    return started
+
+
+def worker_command(job_id: int) -> list[str]:
+    return [sys.executable, "-m", "core.worker", str(job_id)]
+
+
+def _launch(job_id: int) -> None:
+    folder = run_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        LLMDEV_HOME=str(data_home()),
+        DATABASE_URL=database_url(),
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    try:
+        with open(folder / "log.txt", "ab") as log:
+            proc = subprocess.Popen(
+                worker_command(job_id),
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,  # survives Ctrl+C / restart of whoever started it
+            )
+    except OSError as exc:
+        _finish(job_id, "failed", error_class="crashed", error=f"could not start the worker: {exc}")
+        return
+    _children.append(proc)
+    with session() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.pid.is_(None)).values(pid=proc.pid))
+
+
+def _reap_children() -> None:
+    for proc in list(_children):
+        if proc.poll() is not None:
+            _children.remove(proc)
+
+
+def _pid_alive(pid: Optional[int], job_id: int) -> bool:
+    """True if `pid` is a live (not zombie) worker for this job on this host."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    # PID reuse: the process must be our worker for this very job.
+    return b"core.worker" in cmdline and str(job_id).encode() in cmdline
+
+
+def _worker_alive(job: Job, now: datetime) -> bool:
+    if job.host and job.host != HOST:
+        # Another machine's worker (shared PostgreSQL): only its heartbeat tells.
+        return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
+    if job.pid is None:
+        # Claimed but not launched yet (or the launcher died right there).
+        started = job.started_at or job.created_at
+        return now - started < timedelta(seconds=30)
+    return _pid_alive(job.pid, job.id)
+
+
+def refresh() -> None:
+    """Mark dead workers lost, escalate overdue cancels, start queued jobs."""
+    _reap_children()
+    now = utcnow()
+    with session() as s:
+        running = s.scalars(select(Job).where(Job.status == "running")).all()
+    for job in running:
+        alive = _worker_alive(job, now)
+        if job.cancel_requested_at is not None:
+            overdue = now - job.cancel_requested_at > timedelta(seconds=config.cancel_grace_s())
+            if alive and overdue and job.host == HOST:
+                _kill(job.pid, signal.SIGKILL)
+                alive = False
+            if not alive:
+                _finish(job.id, "cancelled", error="cancelled")
+        elif not alive:
+            _finish(
+                job.id,
+                "failed",
+                error_class="lost",
+                error="the worker process is gone (killed, out of memory, or the machine restarted) "
+                "without reporting an end",
+            )
+    start_queued()
+
+
+def _kill(pid: Optional[int], sig: int) -> None:
+    if not pid:
+        return
+    try:
+        os.killpg(pid, sig)  # the worker leads its own process session
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def cancel(job_id: int) -> str:
+    """Ask a job to stop. A queued job ends at once; a running one gets SIGTERM
+    (a checkpointed, graceful stop) and SIGKILL after the grace period or on a
+    second cancel. Returns what happened, in words."""
+    job = get(job_id)
+    if job.status == "queued":
+        if _finish(job_id, "cancelled", error="cancelled before it started"):
+            return "cancelled (it had not started)"
+        job = get(job_id)
+    if job.status in TERMINAL:
+        return f"already {job.status}"
+    if job.cancel_requested_at is not None:
+        if job.host == HOST:
+            _kill(job.pid, signal.SIGKILL)
+        _finish(job_id, "cancelled", error="cancelled (killed on second cancel)")
+        return "killed"
+    with session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(cancel_requested_at=utcnow(), progress_message="cancelling")
+        )
+        s.add(Event(message=f"Cancel requested for job {job_id}", job_id=job_id))
+    if job.host == HOST:
+        _kill(job.pid, signal.SIGTERM)
+    return "stopping"
+
+
+def _finish(
+    job_id: int,
+    status: str,
+    *,
+    error_class: Optional[str] = None,
+    error: Optional[str] = None,
+    result: Optional[dict] = None,
+) -> bool:
+    """Move an active job to a terminal state; False if it had already ended."""
+    values: dict[str, Any] = dict(status=status, finished_at=utcnow(), log_tail=read_log_tail(job_id))
+    if status == "succeeded":
+        values.update(progress_step=func.coalesce(Job.progress_total, Job.progress_step), progress_message="done")
+    else:
+        values.update(error_class=error_class, error=error)
+    if result is not None:
+        values["result"] = result
+    with session() as s:
+        changed = s.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(**values)
+        ).rowcount
+        if not changed:
+            return False
+        job = s.get(Job, job_id)
+        models.settle_outputs(s, job)
+        what = {"succeeded": "succeeded", "cancelled": "was cancelled"}.get(
+            status, f"failed ({error_class})"
+        )
+        s.add(Event(message=f"Job {job_id} {what}: {job.title}", job_id=job_id))
+    return True
+
+
+def read_log_tail(job_id: int, lines: int = LOG_TAIL_LINES) -> str:
+    path = log_path(job_id)
+    if not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 64_000))
+        data = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(data.splitlines()[-lines:])
+
+
+# --- reading ------------------------------------------------------------------
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def get(job_id: int) -> Job:
+    with session() as s:
+        job = s.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"there is no job {job_id}")
+    return job
+
+
+def list_jobs(status: Optional[str] = None, limit: int = 200) -> list[Job]:
+    q = select(Job).order_by(Job.id.desc()).limit(limit)
+    if status:
+        q = q.where(Job.status == status)
+    with session() as s:
+        return list(s.scalars(q).all())
+
+
+def counts_by_status() -> dict[str, int]:
+    with session() as s:
+        rows = s.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: n for status, n in rows}
+
+
+def metrics(job_id: int) -> dict[str, list[tuple[int, float]]]:
+    """{name: [(step, value), ...]} in step order."""
+    with session() as s:
+        rows = s.execute(
+            select(Metric.name, Metric.step, Metric.value)
+            .where(Metric.job_id == job_id)
+            .order_by(Metric.name, Metric.step)
+        ).all()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in rows:
+        out.setdefault(name, []).append((step, value))
+    return out
+
+
+def recent_events(limit: int = 15) -> list[Event]:
+    with session() as s:
+        return list(s.scalars(select(Event).order_by(Event.id.desc()).limit(limit)).all())
+
+
+@dataclass
+class Progress:
+    step: int
+    total: Optional[int]
+    fraction: Optional[float]
+    message: str
+    elapsed_s: Optional[float]
+    eta_s: Optional[float]
+
+
+def progress(job: Job, now: Optional[datetime] = None) -> Progress:
+    now = now or utcnow()
+    end = job.finished_at or now
+    elapsed = (end - job.started_at).total_seconds() if job.started_at else None
+    total = job.progress_total
+    fraction = None
+    eta = None
+    if job.status == "succeeded":
+        fraction = 1.0
+    elif total:
+        fraction = min(1.0, job.progress_step / total)
+        if job.status == "running" and job.progress_step > 0 and elapsed:
+            eta = elapsed / job.progress_step * (total - job.progress_step)
+    return Progress(job.progress_step, total, fraction, job.progress_message, elapsed, eta)
+
+
+def cli_command(job: Job) -> str:
+    """The command line that replays this job from a terminal."""
+    from core.specs import spec_from_dict
+
+    try:
+        return spec_from_dict(job.spec).cli()
+    except ValueError:
+        return f"python -m core.worker {job.id}"
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """The JSON view of a job (`jobs show ID --json`)."""
+    p = progress(job)
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "title": job.title,
+        "status": job.status,
+        "pid": job.pid,
+        "host": job.host,
+        "progress": {
+            "step": p.step,
+            "total": p.total,
+            "fraction": p.fraction,
+            "message": p.message,
+            "elapsed_s": p.elapsed_s,
+            "eta_s": p.eta_s,
+        },
+        "error": job.error,
+        "error_class": job.error_class,
+        "model_ids": job.model_ids,
+        "result": job.result,
+        "resumed_from": job.resumed_from,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
+        "command": cli_command(job),
+        "spec": job.spec,
+        "log": str(log_path(job.id)),
+    }
+
+
+def wait(job_id: int, *, poll_s: float = 0.5, timeout_s: Optional[float] = None, on_poll=None) -> Job:
+    """Block until the job ends (refreshing, so a lost worker is noticed)."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        refresh()
+        job = get(job_id)
+        if on_poll is not None:
+            on_poll(job)
+        if job.status in TERMINAL:
+            return job
+        if deadline and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} is still {job.status} after {timeout_s:g} s")
+        time.sleep(poll_s)

