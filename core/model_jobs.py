@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from core import models
 from core.specs import AddStarterSpec, CreateModelSpec, ImportModelSpec
-from core.worker import BadInput, Run
+from core.run import BadInput, Run
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 # ChatML, the format the starter model uses too.
@@ -265,10 +265,14 @@ def _copy_hf_model(source: str, revision: Optional[str], out: Path, run: Run, to
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     run.progress(0, total, f"reading the config of {source}", force=True)
+    config_file = Path(source) / "config.json"
+    if config_file.is_file():
+        try:
+            json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{config_file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     try:
         AutoConfig.from_pretrained(source, revision=revision)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{source}/config.json: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     except (ValueError, OSError, KeyError) as exc:
         raise BadInput(f"{source}: not a model transformers can read ({exc})") from None
     try:

@@ -1,0 +1,77 @@
+"""What a job function gets besides its spec (`Run`), and how it says it stopped.
+
+    def run_something(spec, run: Run) -> dict:
+        run.progress(0, total, "loading")   # step of total done, and what now
+        run.check_cancel()                  # between steps: raises Cancelled
+        run.metrics(step, {"loss": 1.23})
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+
+class Cancelled(Exception):
+    """The job was asked to stop (SIGTERM or a cancel request)."""
+
+
+class BadInput(ValueError):
+    """The job's input turned out to be unusable; the message says what to fix."""
+
+
+class Run:
+    """What a job function gets besides its spec: its folder and its reporting."""
+
+    def __init__(self, job_id: int, stop: threading.Event):
+        from core import jobs
+
+        self.job_id = job_id
+        self.dir: Path = jobs.run_dir(job_id)
+        self.stop = stop
+        job = jobs.get(job_id)
+        self.model_ids: list[int] = list(job.model_ids or [])
+        self._last_progress = 0.0
+
+    @property
+    def output_model_id(self) -> int:
+        return self.model_ids[0]
+
+    def check_cancel(self) -> None:
+        """Raise Cancelled if a stop was asked for; call it between steps."""
+        if self.stop.is_set():
+            raise Cancelled()
+
+    def progress(self, step: int, total: Optional[int] = None, message: str = "", force: bool = False) -> None:
+        """Record progress: `step` of `total` units done, and what is happening now."""
+        from sqlalchemy import update
+
+        from storage.db import session
+        from storage.tables import Job, utcnow
+
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.25 and (total is None or step < total):
+            return
+        self._last_progress = now
+        values: dict[str, Any] = dict(progress_step=step, heartbeat_at=utcnow())
+        if total is not None:
+            values["progress_total"] = total
+        if message:
+            values["progress_message"] = message
+            print(f"[{step}/{total if total is not None else '?'}] {message}", flush=True)
+        with session() as s:
+            s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running").values(**values))
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        """Record per-step metrics (loss, lr, tokens/s, ...)."""
+        from storage.db import session
+        from storage.tables import Metric
+
+        with session() as s:
+            s.add_all(
+                Metric(job_id=self.job_id, step=step, name=name, value=float(value))
+                for name, value in values.items()
+                if value is not None
+            )

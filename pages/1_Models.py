@@ -1,0 +1,54 @@
+"""Models: list, details and lineage, rename, delete; create from scratch; import."""
+
+import streamlit as st
+
+from core import models
+from core.specs import HUB_SUGGESTIONS, SIZE_PRESETS, AddStarterSpec, CreateModelSpec, ImportModelSpec
+from ui import common, forms
+
+common.setup_page("Models", ":material/neurology:")
+st.title("Models")
+common.live_jobs_panel("models")
+
+yours, create, imports = st.tabs(["Your models", "Create from scratch", "Import"])
+
+with yours:
+    rows = models.list_dicts()
+    if not rows:
+        st.info("No models yet: add the starter model, create one from scratch, or import one.")
+    else:
+        st.dataframe(common.model_frame(rows), hide_index=True, width="stretch", key="models_table")
+        chosen = common.model_choice(rows, key="model_pick")
+        if chosen:
+            forms.model_details(chosen)
+            forms.rename_and_delete(chosen)
+
+with create:
+    with st.form("create_model"):
+        name = st.text_input("Name", key="create_name", placeholder="my-tiny-gpt")
+        c1, c2 = st.columns(2)
+        arch = c1.selectbox("Architecture", ["gpt2", "llama"], key="create_arch")
+        size = c2.selectbox(
+            "Size", ["tiny", "small", "custom"], key="create_size",
+            help="tiny: " + str(SIZE_PRESETS["tiny"]) + " · small: " + str(SIZE_PRESETS["small"]),
+        )
+        with st.expander("Advanced: explicit dimensions (override the preset)"):
+            dims = forms.dims_inputs()
+            corpus = st.text_input("Tokenizer corpus (UTF-8 text file)", key="create_corpus", placeholder="assets/corpus.txt")
+            seed = st.number_input("Seed", value=0, step=1, key="create_seed")
+        if st.form_submit_button("Create model", type="primary"):
+            forms.submit(lambda: CreateModelSpec(name=name, arch=arch, size=size, corpus=corpus, seed=int(seed), **dims))
+
+with imports:
+    st.markdown("**Starter model**: SmolLM2-135M-Instruct, shipped with the app; converted once, no network needed.")
+    if st.button("Add starter model", key="add_starter", type="primary"):
+        forms.submit(lambda: AddStarterSpec())
+    st.divider()
+    with st.form("import_model"):
+        where = st.radio("From", ["Local folder or .gguf file", "Hugging Face Hub"], horizontal=True, key="import_from")
+        path = st.text_input("Local path", key="import_path", placeholder="/path/to/hf-folder or model.gguf")
+        hub = st.selectbox("Hub id (needs the network)", HUB_SUGGESTIONS, key="import_hub", accept_new_options=True)
+        import_name = st.text_input("Name", key="import_name")
+        if st.form_submit_button("Import"):
+            source = path if where.startswith("Local") else hub
+            forms.submit(lambda: ImportModelSpec(source=source or "", name=import_name))

@@ -1,0 +1,27 @@
+"""Jobs: every job with status, progress, timing, command, log; cancel."""
+
+import streamlit as st
+
+from core import jobs
+from ui import common
+
+common.setup_page("Jobs", ":material/work_history:")
+st.title("Jobs")
+st.caption("Jobs run in their own processes: closing this tab or restarting the app does not stop them.")
+common.live_jobs_panel("jobs")
+
+status = st.segmented_control(
+    "Show", ["all", "running", "queued", "succeeded", "failed", "cancelled"], default="all", key="jobs_filter"
+)
+rows = jobs.list_jobs(status=None if status in (None, "all") else status)
+common.jobs_table(rows, key="jobs_table")
+
+if rows:
+    by_id = {j.id: j for j in rows}
+    chosen = st.selectbox("Job", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="job_pick")
+
+    @st.fragment(run_every=1.0 if by_id[chosen].status in jobs.ACTIVE else None)
+    def details() -> None:
+        common.job_details(jobs.get(chosen))
+
+    details()

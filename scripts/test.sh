@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what the tests need and run the whole suite:   bash scripts/test.sh
+# (pip requirements into .venv, Debian's chromium + chromium-driver for the
+# browser tests, Debian's postgresql for the PostgreSQL run, which this script
+# starts on a private port and stops again). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+python=${PYTHON:-python3.11}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+stamp=.venv/.installed-dev-$(cat requirements.txt requirements-dev.txt requirements-starter.txt | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install --upgrade pip >/dev/null
+  .venv/bin/pip install -r requirements-dev.txt
+  .venv/bin/pip install --no-deps -r requirements-starter.txt
+  touch "$stamp"
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# A throw-away PostgreSQL server for the PostgreSQL half of the suite.
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+pgdata=$(mktemp -d /tmp/llmdev-pg.XXXXXX)
+pgport=${LLMDEV_TEST_PG_PORT:-55432}
+run_pg() { if [ "$(id -u)" -eq 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+[ "$(id -u)" -eq 0 ] && chown postgres "$pgdata"
+run_pg "$pgbin/initdb -D $pgdata -A trust -U postgres >/dev/null"
+run_pg "$pgbin/pg_ctl -D $pgdata -o '-p $pgport -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off' -l $pgdata/server.log -w start >/dev/null"
+stop_pg() { run_pg "$pgbin/pg_ctl -D $pgdata -m fast -w stop >/dev/null" || true; rm -rf "$pgdata"; }
+trap stop_pg EXIT
+run_pg "$pgbin/createdb -h 127.0.0.1 -p $pgport -U postgres llmdev_test"
+export LLMDEV_TEST_PG_URL="postgresql+psycopg://postgres@127.0.0.1:$pgport/llmdev_test"
+
+cd "$root"
+.venv/bin/python -m pytest "$@"

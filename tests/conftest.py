@@ -1,0 +1,116 @@
+"""Shared fixtures: a fresh data home per test, on SQLite and on PostgreSQL.
+
+The PostgreSQL half needs LLMDEV_TEST_PG_URL (scripts/test.sh starts a server
+and sets it). Outside CI the PostgreSQL cases are skipped without it; in CI
+(CI=true) a missing server is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# No hub, no telemetry, one thread per process (workers and pytest share 2 cores).
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    TOKENIZERS_PARALLELISM="false",
+    OMP_NUM_THREADS="1",
+    LLMDEV_AUTO_STARTER="0",
+)
+os.environ.pop("DATABASE_URL", None)
+
+PG_URL = os.environ.get("LLMDEV_TEST_PG_URL", "")
+
+
+def _reset_pg(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    """Run a test on both database backends."""
+    if request.param == "postgresql" and not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("LLMDEV_TEST_PG_URL is not set: run the suite with scripts/test.sh")
+        pytest.skip("no PostgreSQL server (run scripts/test.sh)")
+    return request.param
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, request):
+    """A fresh data home (and database) for one test; SQLite unless the test
+    also asks for `backend`."""
+    from storage import db
+
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+    data = tmp_path / "home"
+    monkeypatch.setenv("LLMDEV_HOME", str(data))
+    if backend == "postgresql":
+        _reset_pg(PG_URL)
+        monkeypatch.setenv("DATABASE_URL", PG_URL)
+    else:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    db.dispose_engines()
+    yield data
+    _stop_workers()
+    db.dispose_engines()
+
+
+def _stop_workers() -> None:
+    """Kill any worker a test left running, so it cannot write into the next test."""
+    from core import jobs
+
+    try:
+        for job in jobs.list_jobs():
+            if job.status in jobs.ACTIVE and job.pid:
+                jobs._kill(job.pid, 9)
+    except Exception:
+        pass
+    for proc in list(jobs._children):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    jobs._children.clear()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    """Poll until predicate() is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture
+def cli(home):
+    """Run `python -m core ...` in a subprocess against the test's data home."""
+    import subprocess
+
+    def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "core", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ),
+        )
+
+    return run

@@ -1,0 +1,163 @@
+"""The job lifecycle for real: worker subprocesses on a tiny model, both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import select
+
+from conftest import ROOT, wait_for
+from core import jobs, models
+from core.specs import CreateModelSpec, ImportModelSpec
+from storage.db import session
+from storage.tables import Event, Job, Metric, Model
+
+
+def _running_with_pid(job_id: int, message_not: str = "starting worker"):
+    job = jobs.get(job_id)
+    return job if job.status == "running" and job.pid and job.progress_message not in (message_not, "loading") else None
+
+
+def test_success_writes_model_metrics_and_events(home, backend):
+    job_id = jobs.submit(CreateModelSpec(name="tiny-ok", arch="gpt2", size="tiny"))
+    job = jobs.wait(job_id, timeout_s=120)
+    assert job.status == "succeeded", job.log_tail
+    assert job.progress_step == job.progress_total == 4
+    assert job.result == {"model_id": job.model_ids[0]}
+    row = models.get(job.model_ids[0])
+    assert row.status == "available" and row.source == "scratch" and row.job_id == job_id
+    folder = home / row.path
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not models.partial_dir(row.id).exists()
+    assert row.num_parameters > 100_000 and row.context_length == 256 and row.has_chat_template
+    assert json.loads((home / "runs" / str(job_id) / "spec.json").read_text())["name"] == "tiny-ok"
+    assert "succeeded" in (home / "runs" / str(job_id) / "log.txt").read_text()
+    with session() as s:
+        assert s.scalars(select(Metric.value).where(Metric.job_id == job_id, Metric.name == "num_parameters")).one() == row.num_parameters
+        messages = [e.message for e in s.scalars(select(Event).order_by(Event.id))]
+    assert any("Queued job" in m for m in messages) and any("succeeded" in m for m in messages)
+
+
+def test_runtime_bad_input_fails_with_clear_error(home, backend, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text('{\n  "model_type": "gpt2",\n  "n_layer": 2,,\n}\n')
+    job_id = jobs.submit(ImportModelSpec(source=str(folder), name="broken"))
+    job = jobs.wait(job_id, timeout_s=120)
+    assert job.status == "failed"
+    assert job.error_class == "bad_input"
+    assert "config.json: invalid JSON at line 3" in job.error
+    assert job.log_tail  # the traceback stays in the log, the message in the row
+    row = models.get(job.model_ids[0])
+    assert row.status == "error" and "invalid JSON" in row.error
+    assert not models.partial_dir(row.id).exists() and not models.model_dir(row.id).exists()
+
+
+def test_cancel_mid_run_is_graceful(home, backend, monkeypatch):
+    monkeypatch.setenv("LLMDEV_CANCEL_GRACE_S", "60")
+    job_id = jobs.submit(CreateModelSpec(name="to-cancel", arch="gpt2", size="small"))
+    model_id = jobs.get(job_id).model_ids[0]
+    job = wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to report a step")
+    assert jobs.cancel(job_id) == "stopping"
+    job = jobs.wait(job_id, timeout_s=90)
+    assert job.status == "cancelled"
+    assert "stopped cleanly" in jobs.read_log_tail(job_id)
+    wait_for(lambda: not jobs._pid_alive(job.pid, job_id), 10, what="the worker to exit")
+    # a cancelled creation leaves no model behind, and no files
+    assert model_id not in [m.id for m in models.list_models()]
+    assert not models.partial_dir(model_id).exists() and not models.model_dir(model_id).exists()
+
+
+def test_second_cancel_kills(home, backend, monkeypatch):
+    monkeypatch.setenv("LLMDEV_CANCEL_GRACE_S", "600")
+    job_id = jobs.submit(CreateModelSpec(name="to-kill", arch="llama", size="small"))
+    job = wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to start")
+    assert jobs.cancel(job_id) == "stopping"
+    # a second cancel right away does not wait for the graceful stop
+    assert jobs.cancel(job_id) in ("killed", "already cancelled")
+    assert jobs.get(job_id).status == "cancelled"
+    wait_for(lambda: not jobs._pid_alive(job.pid, job_id), 10, what="the worker to die")
+
+
+def test_sigkilled_worker_is_marked_lost(home, backend):
+    job_id = jobs.submit(CreateModelSpec(name="to-lose", arch="gpt2", size="small"))
+    job = wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to start")
+    os.killpg(job.pid, signal.SIGKILL)
+    wait_for(lambda: not jobs._pid_alive(job.pid, job_id), 10, what="the worker to die")
+    jobs.refresh()  # anyone looking notices
+    job = jobs.get(job_id)
+    assert job.status == "failed" and job.error_class == "lost"
+    assert "worker process is gone" in job.error
+    assert models.get(job.model_ids[0]).status == "error"
+
+
+def test_queue_drains_one_at_a_time_without_a_daemon(home, backend, monkeypatch):
+    monkeypatch.setenv("LLMDEV_MAX_CONCURRENT_JOBS", "1")
+    ids = [jobs.submit(CreateModelSpec(name=f"q{i}", size="tiny", arch="gpt2")) for i in range(3)]
+    assert [jobs.get(i).status for i in ids] == ["running", "queued", "queued"]
+
+    max_running = 0
+
+    def all_done():
+        nonlocal max_running
+        # read only: no refresh(), so nobody but the workers starts jobs
+        with session() as s:
+            statuses = [s.get(Job, i).status for i in ids]
+        max_running = max(max_running, statuses.count("running"))
+        return all(st in jobs.TERMINAL for st in statuses)
+
+    wait_for(all_done, 180, interval=0.1, what="the queue to drain")
+    done = [jobs.get(i) for i in ids]
+    assert [j.status for j in done] == ["succeeded"] * 3
+    assert max_running == 1
+    assert done[0].finished_at <= done[1].started_at and done[1].finished_at <= done[2].started_at
+
+
+def test_job_started_by_one_process_is_cancelled_by_another(home, backend, cli, monkeypatch):
+    """What a Streamlit restart looks like: the starter of the job is gone."""
+    monkeypatch.setenv("LLMDEV_CANCEL_GRACE_S", "60")
+    out = cli("models", "create", "--arch", "gpt2", "--size", "small", "--name", "other-proc")
+    assert out.returncode == 0, out.stderr
+    job_id = int(out.stdout.strip().splitlines()[-1])
+    wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to start")
+    assert jobs.cancel(job_id) == "stopping"
+    assert jobs.wait(job_id, timeout_s=90).status == "cancelled"
+
+
+def test_cancel_queued_job_never_starts(home, backend, monkeypatch):
+    monkeypatch.setenv("LLMDEV_MAX_CONCURRENT_JOBS", "1")
+    first = jobs.submit(CreateModelSpec(name="first", size="tiny"))
+    second = jobs.submit(CreateModelSpec(name="second", size="tiny"))
+    assert jobs.cancel(second) == "cancelled (it had not started)"
+    assert jobs.wait(first, timeout_s=120).status == "succeeded"
+    job = jobs.get(second)
+    assert job.status == "cancelled" and job.pid is None and job.started_at is None
+    assert [m.name for m in models.list_models()] == ["first"]
+
+
+def test_worker_runs_by_hand_on_a_queued_job(home, monkeypatch):
+    job_id = jobs.submit(CreateModelSpec(name="by-hand", size="tiny"), start=False)
+    assert jobs.get(job_id).status == "queued"
+    done = subprocess.run(
+        [sys.executable, "-m", "core.worker", str(job_id)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert jobs.get(job_id).status == "succeeded"
+    assert models.find("by-hand").status == "available"
+
+
+def test_validation_failure_writes_nothing(home):
+    with pytest.raises(ValueError, match="n_head: 3 heads do not divide hidden_size 64"):
+        jobs.submit(CreateModelSpec(name="bad", size="tiny", n_head=3))
+    jobs.submit(CreateModelSpec(name="taken", size="tiny"), start=False)
+    with pytest.raises(ValueError, match="name: a model named 'TAKEN' already exists"):
+        jobs.submit(CreateModelSpec(name="TAKEN", size="tiny"))
+    with session() as s:
+        assert len(s.scalars(select(Job)).all()) == 1
+        assert len(s.scalars(select(Model)).all()) == 1
+    assert sorted(p.name for p in (home / "runs").iterdir()) == ["1"]

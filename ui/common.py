@@ -1,0 +1,190 @@
+"""Streamlit helpers shared by the pages: setup, live job panel, tables, job details.
+
+Only Home.py and pages/ import this; it calls core and renders what comes back.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+
+from core import charts, config, datasets, jobs, models, starter
+from core.format import human_bytes, human_count, human_seconds
+from storage.db import database_url, get_engine
+
+STATUS_ICONS = {
+    "queued": ":material/schedule:",
+    "running": ":material/autorenew:",
+    "succeeded": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+}
+
+
+def _secrets_to_env() -> None:
+    """Settings may come from st.secrets on a hosted deployment."""
+    try:
+        secrets = dict(st.secrets)
+    except Exception:  # no secrets file: environment variables only
+        return
+    for key in config.SECRET_KEYS:
+        if key in secrets and not os.environ.get(key):
+            os.environ[key] = str(secrets[key])
+
+
+@st.cache_resource
+def _engine(url: str):
+    return get_engine(url)
+
+
+def setup_page(title: str, icon: str = ":material/neurology:") -> None:
+    st.set_page_config(page_title=f"{title} · LLM Dev Platform", page_icon=icon, layout="wide")
+    _secrets_to_env()
+    try:
+        _engine(database_url())
+    except Exception as exc:
+        st.error(f"Cannot open the database at `{database_url()}`: {exc}")
+        st.stop()
+    if "starter_checked" not in st.session_state:
+        st.session_state.starter_checked = True
+        job_id = starter.autostart()
+        if job_id is not None:
+            st.toast(f"First launch: converting the starter model (job {job_id}).", icon=":material/download:")
+
+
+def job_label(job) -> str:
+    return f"#{job.id} {job.title}"
+
+
+def progress_line(job) -> None:
+    """One job's progress bar with step, ETA and what it is doing."""
+    p = jobs.progress(job)
+    eta = f" · ETA {human_seconds(p.eta_s)}" if p.eta_s is not None else ""
+    steps = f"{p.step}/{p.total}" if p.total else f"{p.step}"
+    text = f"{STATUS_ICONS.get(job.status, '')} **{job_label(job)}** · {steps}{eta} · {p.message}"
+    st.progress(p.fraction or 0.0, text=text)
+
+
+def live_jobs_panel(key: str = "live") -> None:
+    """Running and queued jobs, refreshed on their own every second while any is active
+    (a fragment: the rest of the page does not rerun)."""
+    jobs.refresh()
+    seen_key = f"{key}_active_ids"
+    st.session_state[seen_key] = sorted(j.id for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE)
+
+    @st.fragment(run_every=1.0 if st.session_state[seen_key] else 5.0)
+    def panel() -> None:
+        jobs.refresh()
+        active = [j for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE]
+        if sorted(j.id for j in active) != st.session_state[seen_key]:
+            st.rerun()  # a job started or ended: refresh counts and tables too
+        if not active:
+            st.caption("No job is running.")
+            return
+        for job in active:
+            progress_line(job)
+
+    panel()
+
+
+def jobs_frame(rows) -> pd.DataFrame:
+    data = []
+    for job in rows:
+        p = jobs.progress(job)
+        data.append(
+            {
+                "id": job.id,
+                "status": job.status,
+                "job": job.title,
+                "progress": p.fraction if p.fraction is not None else 0.0,
+                "elapsed": human_seconds(p.elapsed_s),
+                "error": f"{job.error_class}: {job.error}" if job.error_class else "",
+                "created": job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else "",
+            }
+        )
+    return pd.DataFrame(data)
+
+
+def jobs_table(rows, key: str) -> None:
+    if not rows:
+        st.info("No jobs yet.")
+        return
+    st.dataframe(
+        jobs_frame(rows),
+        hide_index=True,
+        width="stretch",
+        key=key,
+        column_config={
+            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")
+        },
+    )
+
+
+def job_details(job) -> None:
+    """Everything about one job: status, timing, command, metrics, log, cancel."""
+    p = jobs.progress(job)
+    cols = st.columns(4)
+    cols[0].metric("Status", job.status)
+    cols[1].metric("Elapsed", human_seconds(p.elapsed_s))
+    cols[2].metric("ETA", human_seconds(p.eta_s) if job.status == "running" else "-")
+    cols[3].metric("Worker", f"pid {job.pid}" if job.pid else "-")
+    progress_line(job)
+    if job.status == "failed":
+        st.error(f"**{job.error_class}**: {job.error}")
+    elif job.status == "cancelled":
+        st.warning(job.error or "cancelled")
+    st.caption("Replay from a terminal:")
+    st.code(jobs.cli_command(job), language="bash")
+    series = jobs.metrics(job.id)
+    if series:
+        st.plotly_chart(charts.metrics_figure(series), key=f"metrics_{job.id}")
+    if job.status in jobs.ACTIVE:
+        again = job.cancel_requested_at is not None
+        if st.button("Kill now" if again else "Cancel job", key=f"cancel_{job.id}", type="secondary"):
+            st.toast(f"Job {job.id}: {jobs.cancel(job.id)}")
+    with st.expander("Log", expanded=job.status == "failed"):
+        st.code(jobs.read_log_tail(job.id, 80) or "(empty)", language="text")
+        st.caption(str(jobs.log_path(job.id)))
+
+
+def model_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "status": r["status"],
+                "source": r["source"],
+                "architecture": r["architecture"] or "-",
+                "parameters": human_count(r["num_parameters"]),
+                "context": r["context_length"],
+                "size": human_bytes(r["size_bytes"]),
+            }
+            for r in rows
+        ]
+    )
+
+
+def counts_row() -> None:
+    by_status = jobs.counts_by_status()
+    cols = st.columns(6)
+    cols[0].metric("Models", models.count())
+    cols[1].metric("Data sets", datasets.count())
+    for col, status in zip(cols[2:], ("running", "queued", "succeeded", "failed")):
+        col.metric(f"Jobs {status}", by_status.get(status, 0))
+    other = by_status.get("cancelled", 0)
+    if other:
+        st.caption(f"{other} cancelled job(s)")
+
+
+def model_choice(rows: list[dict], key: str) -> Optional[dict]:
+    if not rows:
+        return None
+    by_id = {r["id"]: r for r in rows}
+    chosen = st.selectbox(
+        "Model", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})", key=key
+    )
+    return by_id.get(chosen)
