@@ -1,0 +1,61 @@
+"""The command line forms other checks script against."""
+
+from __future__ import annotations
+
+import json
+
+from core import jobs
+
+
+def test_create_wait_list_show(cli):
+    out = cli("models", "create", "--arch", "gpt2", "--size", "tiny", "--name", "cli-tiny", "--wait")
+    assert out.returncode == 0, out.stderr
+    job_id = int(out.stdout.strip().splitlines()[-1])
+    assert f"job {job_id} succeeded" in out.stderr
+
+    shown = json.loads(cli("jobs", "show", str(job_id), "--json").stdout)
+    assert {"id", "kind", "status", "pid", "progress", "error"} <= set(shown)
+    assert shown["status"] == "succeeded" and shown["kind"] == "create_model" and shown["error"] is None
+    assert shown["progress"]["fraction"] == 1.0
+    assert shown["command"].startswith("python -m core models create --arch gpt2 --size tiny")
+
+    listed = json.loads(cli("models", "list", "--json").stdout)
+    assert [(m["name"], m["status"], m["source"]) for m in listed] == [("cli-tiny", "available", "scratch")]
+    one = json.loads(cli("models", "show", "cli-tiny", "--json").stdout)
+    assert one["num_parameters"] > 0 and one["lineage"]
+    assert json.loads(cli("jobs", "list", "--json").stdout)[0]["id"] == job_id
+    assert "worker pid" in cli("jobs", "logs", str(job_id)).stdout
+    assert cli("jobs", "wait", str(job_id)).returncode == 0
+
+
+def test_without_wait_prints_the_job_id_last(cli):
+    out = cli("models", "create", "--size", "tiny", "--name", "no-wait")
+    assert out.returncode == 0, out.stderr
+    job_id = int(out.stdout.strip().splitlines()[-1])
+    assert cli("jobs", "wait", str(job_id)).returncode == 0
+    assert jobs.get(job_id).status == "succeeded"
+
+
+def test_failed_job_exits_nonzero_saying_why(cli):
+    out = cli("models", "import", "distilgpt2", "--name", "hub", "--wait")
+    assert out.returncode != 0
+    assert "failed (bad_input)" in out.stderr and "cannot reach the Hugging Face Hub" in out.stderr
+    job_id = int(out.stdout.strip().splitlines()[-1])
+    waited = cli("jobs", "wait", str(job_id))
+    assert waited.returncode != 0 and "bad_input" in waited.stderr
+
+
+def test_bad_input_is_refused_before_anything_is_written(cli, home):
+    out = cli("models", "create", "--size", "tiny", "--n-head", "5", "--name", "bad")
+    assert out.returncode == 2
+    assert "n_head: 5 heads do not divide hidden_size 64" in out.stderr
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+def test_delete_needs_confirmation(cli):
+    assert cli("models", "create", "--size", "tiny", "--name", "gone", "--wait").returncode == 0
+    refused = cli("models", "delete", "gone")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert cli("models", "delete", "gone", "--yes").returncode == 0
+    assert json.loads(cli("models", "list", "--json").stdout) == []

@@ -1,0 +1,99 @@
+"""Storage on SQLite and PostgreSQL: migrations, typed rows, concurrent access."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import timezone
+
+from sqlalchemy import inspect, select, text
+
+from conftest import ROOT
+from storage import db
+from storage.tables import Event, Job, Metric, Model, utcnow
+
+TABLES = {"models", "datasets", "jobs", "metrics", "events", "settings", "alembic_version"}
+
+
+def test_migrations_create_schema_at_head(home, backend):
+    engine = db.get_engine()
+    assert TABLES <= set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    # a second process start is a no-op
+    db.dispose_engines()
+    db.migrate(db.get_engine())
+
+
+def test_sqlite_uses_wal_and_busy_timeout(home):
+    with db.get_engine().connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+    assert (home / "platform.db").is_file()
+
+
+def test_rows_round_trip_with_utc_times_and_json(home, backend):
+    with db.session() as s:
+        m = Model(name="m", source="scratch", status="available", details={"a": [1, 2]})
+        s.add(m)
+        s.flush()
+        job = Job(kind="create_model", title="t", spec={"k": 1}, model_ids=[m.id], progress_step=0, progress_message="", result={})
+        s.add(job)
+        s.flush()
+        s.add_all([Metric(job_id=job.id, step=i, name="loss", value=1.0 / (i + 1)) for i in range(5)])
+        s.add(Event(message="hello", job_id=job.id))
+    with db.session() as s:
+        job = s.scalars(select(Job)).one()
+        assert job.created_at.tzinfo is not None and job.created_at.utcoffset().total_seconds() == 0
+        assert abs((utcnow() - job.created_at).total_seconds()) < 60
+        assert job.model_ids == [s.scalars(select(Model.id)).one()]
+        assert s.scalars(select(Model.details)).one() == {"a": [1, 2]}
+        assert [round(v, 3) for v in s.scalars(select(Metric.value).order_by(Metric.step))] == [1.0, 0.5, 0.333, 0.25, 0.2]
+
+
+def test_postgres_style_urls_get_a_driver(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/x")
+    assert db.database_url() == "postgresql+psycopg://u:p@db.example:5432/x"
+
+
+def test_writer_and_reader_processes_never_see_locked(home, backend):
+    """A worker-like writer and a UI-like reader hammer the same database."""
+    db.get_engine()  # migrate first
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from sqlalchemy import func, select, update
+        from storage.db import session
+        from storage.tables import Job, Metric, utcnow
+        role, job_id = sys.argv[1], int(sys.argv[2])
+        end = time.monotonic() + 4
+        n = 0
+        while time.monotonic() < end:
+            with session() as s:
+                if role == "writer":
+                    s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), progress_step=n))
+                    s.add(Metric(job_id=job_id, step=n, name="loss", value=1.0))
+                else:
+                    s.scalar(select(func.count()).select_from(Metric))
+                    s.get(Job, job_id)
+            n += 1
+        print(n)
+        """
+    )
+    with db.session() as s:
+        job = Job(kind="create_model", title="t", spec={}, model_ids=[], progress_step=0, progress_message="", result={})
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, role, str(job_id)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for role in ("writer", "writer", "reader", "reader")
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+        assert "locked" not in err
+        assert int(out.strip()) > 10
+    with db.session() as s:
+        assert s.get(Job, job_id).progress_step > 0
