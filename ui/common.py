@@ -68,19 +68,25 @@ def progress_line(job) -> None:
     st.progress(p.fraction or 0.0, text=text)
 
 
-def live_jobs_panel(key: str = "live") -> None:
-    """Running and queued jobs, refreshed on their own every second while any is active
-    (a fragment: the rest of the page does not rerun)."""
-    jobs.refresh()
-    seen_key = f"{key}_active_ids"
-    st.session_state[seen_key] = sorted(j.id for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE)
+def _jobs_signature() -> tuple:
+    """Changes whenever a job is queued, starts or ends."""
+    active = tuple(sorted(j.id for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE))
+    return active, tuple(sorted(jobs.counts_by_status().items()))
 
-    @st.fragment(run_every=1.0 if st.session_state[seen_key] else 5.0)
+
+def live_jobs_panel(key: str = "live") -> None:
+    """Running and queued jobs, refreshed on their own (a fragment: the rest of the
+    page reruns only when a job is queued, starts or ends)."""
+    jobs.refresh()
+    seen_key = f"{key}_jobs_signature"
+    st.session_state[seen_key] = _jobs_signature()
+
+    @st.fragment(run_every=1.0 if st.session_state[seen_key][0] else 2.0)
     def panel() -> None:
         jobs.refresh()
+        if _jobs_signature() != st.session_state[seen_key]:
+            st.rerun()  # refresh counts, tables and details too
         active = [j for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE]
-        if sorted(j.id for j in active) != st.session_state[seen_key]:
-            st.rerun()  # a job started or ended: refresh counts and tables too
         if not active:
             st.caption("No job is running.")
             return
@@ -185,6 +191,6 @@ def model_choice(rows: list[dict], key: str) -> Optional[dict]:
         return None
     by_id = {r["id"]: r for r in rows}
     chosen = st.selectbox(
-        "Model", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})", key=key
+        "Model", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['name']}", key=key
     )
     return by_id.get(chosen)

@@ -1,0 +1,128 @@
+"""Real browser: headless Debian Chromium driven by Playwright against a real
+`streamlit run Home.py` server. Creates a tiny model from the Models page, sees
+its job succeed and the model listed; then restarts the server and sees the
+state come back from the database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, wait_for
+from core import jobs, models
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (scripts/test.sh installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "Home.py",
+        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, 60, 0.3, "the Streamlit server to answer")
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = free_port()
+    server = start_server(port)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        expect(page.get_by_role("heading", name="LLM Development Platform")).to_be_visible()
+        expect(page.get_by_text("No job is running.")).to_be_visible()
+
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Models", exact=True).click()
+        expect(page.get_by_role("heading", name="Models", exact=True)).to_be_visible()
+        page.get_by_role("tab", name="Create from scratch").click()
+        page.locator(".st-key-create_name input").fill("browser-tiny")
+        page.get_by_role("button", name="Create model").click()
+        expect(page.get_by_text("Started job 1")).to_be_visible()
+
+        # the job runs in its own process; the live panel and the table follow it
+        job = jobs.wait(1, timeout_s=120)
+        assert job.status == "succeeded", job.log_tail
+        page.get_by_role("tab", name="Your models").click()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("available")
+        expect(page.get_by_text("browser-tiny (scratch: gpt2/tiny) by job 1")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+
+        # restart the server: nothing is lost, pages re-read the database
+        stop_server(server)
+        server = start_server(port)
+        page.goto(f"http://127.0.0.1:{port}/Jobs")
+        expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
+        expect(page.get_by_text("python -m core models create --arch gpt2 --size tiny --name browser-tiny")).to_be_visible()
+        page.goto(f"http://127.0.0.1:{port}/")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Models").first).to_contain_text("1")
+        expect(page.get_by_text("Model 'browser-tiny' is ready")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    finally:
+        stop_server(server)
+    assert [m.name for m in models.list_models()] == ["browser-tiny"]

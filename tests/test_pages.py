@@ -1,0 +1,118 @@
+"""Every page through streamlit.testing.v1.AppTest, against a real data home."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT
+from core import jobs, models
+from core.specs import CreateModelSpec
+
+PAGES = ["pages/1_Models.py", "pages/9_Jobs.py"]
+
+
+@pytest.fixture
+def app(home):
+    st.cache_resource.clear()  # process-global: keyed by database URL, but be sure
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
+    yield at
+    st.cache_resource.clear()
+
+
+def no_exceptions(at: AppTest) -> None:
+    assert [e.value for e in at.exception] == []
+
+
+def test_dashboard_empty(app):
+    app.run()
+    no_exceptions(app)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Models"] == "0" and metrics["Jobs running"] == "0"
+    assert any("No job is running" in c.value for c in app.caption)
+    assert any("cores" in m.value for m in app.markdown)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(app, page):
+    app.run()
+    app.switch_page(page).run()
+    no_exceptions(app)
+
+
+def test_dashboard_after_a_job_shows_counts_activity_and_chart(app):
+    job = jobs.wait(jobs.submit(CreateModelSpec(name="dash", size="tiny")), timeout_s=120)
+    assert job.status == "succeeded"
+    app.run()
+    no_exceptions(app)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Models"] == "1" and metrics["Jobs succeeded"] == "1"
+    assert any("Model 'dash' is ready" in m.value for m in app.markdown)
+    spec = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert spec["data"][0]["y"] == ["succeeded"]
+
+
+def test_models_page_creates_a_model_and_shows_its_details(app):
+    app.run()
+    app.switch_page("pages/1_Models.py").run()
+    app.text_input(key="create_name").input("page-tiny")
+    app.selectbox(key="create_arch").select("llama")
+    app.button[[b.label for b in app.button].index("Create model")].click().run()
+    no_exceptions(app)
+    assert any("Started job" in s.value for s in app.success)
+    job = jobs.wait(jobs.list_jobs()[0].id, timeout_s=120)
+    assert job.status == "succeeded" and job.spec["arch"] == "llama"
+    app.run()
+    assert "page-tiny" in app.dataframe[0].value["name"].tolist()
+    assert any("LlamaForCausalLM" in m.value for m in app.markdown)
+
+
+def test_models_page_shows_validation_errors_and_writes_nothing(app):
+    app.run()
+    app.switch_page("pages/1_Models.py").run()
+    app.text_input(key="create_name").input("bad")
+    app.number_input(key="dim_heads").set_value(3)
+    app.button[[b.label for b in app.button].index("Create model")].click().run()
+    assert any("n_head: 3 heads do not divide hidden_size 64" in e.value for e in app.error)
+    assert jobs.list_jobs() == []
+
+
+def test_models_page_rename_and_delete(app):
+    row_id = jobs.wait(jobs.submit(CreateModelSpec(name="old-name", size="tiny")), timeout_s=120).result["model_id"]
+    app.run()
+    app.switch_page("pages/1_Models.py").run()
+    app.text_input(key=f"rename_name_{row_id}").input("new-name")
+    app.button[[b.label for b in app.button].index("Rename")].click().run()
+    assert models.get(row_id).name == "new-name"
+    app.checkbox(key=f"delete_sure_{row_id}").check().run()
+    app.button(key=f"delete_{row_id}").click().run()
+    no_exceptions(app)
+    assert models.list_models() == []
+
+
+def test_jobs_page_shows_command_and_log(app):
+    job = jobs.wait(jobs.submit(CreateModelSpec(name="for-jobs", size="tiny")), timeout_s=120)
+    app.run()
+    app.switch_page("pages/9_Jobs.py").run()
+    no_exceptions(app)
+    codes = [c.value for c in app.code]
+    assert any(c.startswith("python -m core models create --arch gpt2 --size tiny") for c in codes)
+    assert any("worker pid" in c for c in codes)
+    assert app.dataframe[0].value["status"].tolist() == [job.status]
+
+
+def test_first_launch_converts_the_starter_once(app, monkeypatch):
+    monkeypatch.setenv("LLMDEV_AUTO_STARTER", "1")
+    app.run()
+    no_exceptions(app)
+    started = jobs.list_jobs()
+    assert [j.kind for j in started] == ["add_starter"]
+    assert models.list_models()[0].status == "creating"
+    jobs.cancel(started[0].id)
+    jobs.wait(started[0].id, timeout_s=120)
+    # a later session (new tab, restart) with still no model does not start it again
+    AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60).run()
+    assert len(jobs.list_jobs()) == 1
