@@ -5,7 +5,7 @@
 
 import streamlit as st
 
-from core import charts, jobs, system
+from core import charts, jobs
 from core.format import human_bytes
 from ui import common
 
@@ -28,7 +28,7 @@ with left:
         st.markdown(f"`{event.created_at:%Y-%m-%d %H:%M:%S}` {event.message}")
 with right:
     st.subheader("This machine")
-    info = system.machine_info()
+    info = common.machine_info()
     st.markdown(
         f"**{info['host']}** · {info['cpu']} · {info['cores']} cores  \n"
         f"Memory: {human_bytes(info['memory_available'])} free of {human_bytes(info['memory_total'])}  \n"

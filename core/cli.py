@@ -216,6 +216,7 @@ def jobs_logs(args) -> int:
         return 0
     pos = 0
     while True:
+        chunk = b""
         if path.exists():
             with open(path, "rb") as fh:
                 fh.seek(pos)

@@ -14,8 +14,8 @@ fi
 stamp=.venv/.installed-dev-$(cat requirements.txt requirements-dev.txt requirements-starter.txt | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --upgrade pip >/dev/null
-  .venv/bin/pip install -r requirements-dev.txt
-  .venv/bin/pip install --no-deps -r requirements-starter.txt
+  .venv/bin/pip install -q -r requirements-dev.txt
+  .venv/bin/pip install -q --no-deps -r requirements-starter.txt
   touch "$stamp"
 fi
 

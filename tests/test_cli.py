@@ -25,6 +25,7 @@ def test_create_wait_list_show(cli):
     assert one["num_parameters"] > 0 and one["lineage"]
     assert json.loads(cli("jobs", "list", "--json").stdout)[0]["id"] == job_id
     assert "worker pid" in cli("jobs", "logs", str(job_id)).stdout
+    assert "succeeded" in cli("jobs", "logs", str(job_id), "--follow").stdout
     assert cli("jobs", "wait", str(job_id)).returncode == 0
 
 

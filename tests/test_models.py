@@ -119,3 +119,13 @@ def test_starter_conversion_answers_sensibly(home):
     answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "blue" in answer.lower()
     assert "quantization_config" not in (folder / "config.json").read_text()
+
+
+@pytest.mark.slow
+def test_import_local_gguf_file(home):
+    from core.model_jobs import starter_gguf
+
+    row = make(ImportModelSpec(source=str(starter_gguf()), name="from-gguf"))
+    assert row.source == "local" and row.origin.endswith(".gguf")
+    assert row.architecture == "LlamaForCausalLM" and row.dtype == "float32"
+    assert "Paris" in row.details["sample"]

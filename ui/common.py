@@ -11,7 +11,7 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
-from core import charts, config, datasets, jobs, models, starter
+from core import charts, config, datasets, jobs, models, starter, system
 from core.format import human_bytes, human_count, human_seconds
 from storage.db import database_url, get_engine
 
@@ -38,6 +38,11 @@ def _secrets_to_env() -> None:
 @st.cache_resource
 def _engine(url: str):
     return get_engine(url)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def machine_info() -> dict:
+    return system.machine_info()
 
 
 def setup_page(title: str, icon: str = ":material/neurology:") -> None:
