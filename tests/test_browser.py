@@ -1,7 +1,7 @@
 """Real browser: headless Debian Chromium driven by Playwright against a real
 `streamlit run Home.py` server. Creates a tiny model from the Models page, sees
 its job succeed and the model listed; then restarts the server and sees the
-state come back from the database."""
+state come back from the database, and the dashboard follow a job live."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 
 from conftest import ROOT, wait_for
 from core import jobs, models
+from core.specs import CreateModelSpec
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -119,10 +120,20 @@ def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
         page.goto(f"http://127.0.0.1:{port}/Jobs")
         expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
         expect(page.get_by_text("python -m core models create --arch gpt2 --size tiny --name browser-tiny")).to_be_visible()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
         page.goto(f"http://127.0.0.1:{port}/")
         expect(page.get_by_test_id("stMetric").filter(has_text="Models").first).to_contain_text("1")
         expect(page.get_by_text("Model 'browser-tiny' is ready")).to_be_visible()
+
+        # a job started elsewhere (here: this test process) shows up on the open
+        # dashboard, moves, and ends there, with no reload
+        job_id = jobs.submit(CreateModelSpec(name="from-elsewhere", arch="llama", size="small"))
+        expect(page.get_by_test_id("stProgress").filter(has_text=f"#{job_id} Create llama (small)")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
+        assert jobs.wait(job_id, timeout_s=120).status == "succeeded"
+        expect(page.get_by_text("No job is running.")).to_be_visible()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Models").first).to_contain_text("2")
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     finally:
         stop_server(server)
-    assert [m.name for m in models.list_models()] == ["browser-tiny"]
+    assert [m.name for m in models.list_models()] == ["browser-tiny", "from-elsewhere"]
