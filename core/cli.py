@@ -95,6 +95,7 @@ def _submit(spec: Any, wait: bool) -> int:
 
 
 def models_list(args) -> int:
+    jobs.refresh()
     rows = models.list_dicts()
     if args.json:
         _print_json(rows)
@@ -108,6 +109,7 @@ def models_list(args) -> int:
 
 
 def models_show(args) -> int:
+    jobs.refresh()
     row = models.find(args.model)
     data = models.model_dict(row)
     data["lineage"] = models.lineage(row)

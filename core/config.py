@@ -51,6 +51,12 @@ def cancel_grace_s() -> float:
     return _number("LLMDEV_CANCEL_GRACE_S", 20.0, 0)
 
 
+def check() -> None:
+    """Raise ValueError naming the variable if a setting is unusable."""
+    max_concurrent_jobs()
+    cancel_grace_s()
+
+
 def auto_starter() -> bool:
     return os.environ.get("LLMDEV_AUTO_STARTER", "1").strip().lower() not in ("0", "false", "no", "off")
 

@@ -26,12 +26,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
 
 from core import config, models
 from core.specs import spec_to_dict
-from storage.db import data_home, database_url, session
+from storage.db import data_home, database_url, session, write_lock
 from storage.tables import Event, Job, Metric, utcnow
 
 ACTIVE = ("queued", "running")
@@ -55,9 +54,11 @@ def log_path(job_id: int) -> Path:
 
 def submit(spec: Any, *, start: bool = True) -> int:
     """Queue a validated spec; returns the job id. Writes nothing if anything fails."""
+    config.check()  # a bad setting is reported before a job is written
     folder: Optional[Path] = None
     try:
         with session() as s:
+            write_lock(s)  # two submits of the same name: one wins, one is told
             model_ids = models.reserve_outputs(s, spec)
             job = Job(
                 kind=spec.kind,
@@ -88,19 +89,10 @@ def submit(spec: Any, *, start: bool = True) -> int:
     return job_id
 
 
-def _write_lock(s: Session) -> None:
-    """Serialise queue decisions across processes for the rest of this transaction."""
-    if s.bind.dialect.name == "sqlite":
-        # A write statement as the first one takes SQLite's write lock (waits on busy_timeout).
-        s.execute(text("UPDATE jobs SET id = id WHERE 1 = 0"))
-    else:
-        s.execute(text("SELECT pg_advisory_xact_lock(742002)"))
-
-
 def _claim_next() -> Optional[int]:
     """Mark the oldest queued job running if a slot is free; return its id."""
     with session() as s:
-        _write_lock(s)
+        write_lock(s)
         running = s.scalar(select(func.count()).select_from(Job).where(Job.status == "running"))
         if running >= config.max_concurrent_jobs():
             return None
@@ -159,7 +151,10 @@ def _launch(job_id: int) -> None:
 def _reap_children() -> None:
     for proc in list(_children):
         if proc.poll() is not None:
-            _children.remove(proc)
+            try:
+                _children.remove(proc)
+            except ValueError:  # another Streamlit session's thread got there first
+                pass
 
 
 def _pid_alive(pid: Optional[int], job_id: int) -> bool:
@@ -205,7 +200,9 @@ def refresh() -> None:
     for job in running:
         alive = _worker_alive(job, now)
         if job.cancel_requested_at is not None:
-            overdue = now - job.cancel_requested_at > timedelta(seconds=config.cancel_grace_s())
+            # the worker kills its own job after the grace period; this is the
+            # backstop for a worker that cannot (margin: 10 s)
+            overdue = now - job.cancel_requested_at > timedelta(seconds=config.cancel_grace_s() + 10)
             if alive and overdue and job.host == HOST:
                 _kill(job.pid, signal.SIGKILL)
                 alive = False
@@ -223,42 +220,46 @@ def refresh() -> None:
 
 
 def _kill(pid: Optional[int], sig: int) -> None:
+    """Signal a worker's process group (the worker leads its own session)."""
     if not pid:
         return
     try:
-        os.killpg(pid, sig)  # the worker leads its own process session
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        pass
 
 
 def cancel(job_id: int) -> str:
     """Ask a job to stop. A queued job ends at once; a running one gets SIGTERM
-    (a checkpointed, graceful stop) and SIGKILL after the grace period or on a
-    second cancel. Returns what happened, in words."""
+    (a graceful stop; its worker kills it after the grace period) and SIGKILL on
+    a second cancel. Returns what happened, in words."""
     job = get(job_id)
     if job.status == "queued":
-        if _finish(job_id, "cancelled", error="cancelled before it started"):
+        if _finish(job_id, "cancelled", error="cancelled before it started", only_from=("queued",)):
             return "cancelled (it had not started)"
-        job = get(job_id)
+        job = get(job_id)  # it started in the meantime: stop it like a running one
     if job.status in TERMINAL:
         return f"already {job.status}"
+    local = job.host == HOST and _pid_alive(job.pid, job_id)
     if job.cancel_requested_at is not None:
-        if job.host == HOST:
+        if local:
             _kill(job.pid, signal.SIGKILL)
         _finish(job_id, "cancelled", error="cancelled (killed on second cancel)")
+        start_queued()
         return "killed"
     with session() as s:
-        s.execute(
+        asked = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
             .values(cancel_requested_at=utcnow(), progress_message="cancelling")
-        )
-        s.add(Event(message=f"Cancel requested for job {job_id}", job_id=job_id))
-    if job.host == HOST:
+        ).rowcount
+        if asked:
+            s.add(Event(message=f"Cancel requested for job {job_id}", job_id=job_id))
+    if not asked:
+        return f"already {get(job_id).status}"
+    if local:
         _kill(job.pid, signal.SIGTERM)
+    # a worker on another host sees the request in the database within a heartbeat
     return "stopping"
 
 
@@ -269,8 +270,10 @@ def _finish(
     error_class: Optional[str] = None,
     error: Optional[str] = None,
     result: Optional[dict] = None,
+    only_from: tuple[str, ...] = ACTIVE,
 ) -> bool:
-    """Move an active job to a terminal state; False if it had already ended."""
+    """Move an active job to a terminal state; False if it was no longer in one
+    of the `only_from` states (someone else ended or started it first)."""
     values: dict[str, Any] = dict(status=status, finished_at=utcnow(), log_tail=read_log_tail(job_id))
     if status == "succeeded":
         values.update(progress_step=func.coalesce(Job.progress_total, Job.progress_step), progress_message="done")
@@ -279,8 +282,9 @@ def _finish(
     if result is not None:
         values["result"] = result
     with session() as s:
+        write_lock(s)
         changed = s.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(**values)
+            update(Job).where(Job.id == job_id, Job.status.in_(only_from)).values(**values)
         ).rowcount
         if not changed:
             return False

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.specs import SpecError, check_model_name
-from storage.db import data_home, session
+from storage.db import data_home, session, write_lock
 from storage.tables import Event, Job, Model
 
 # Which model a job kind produces: kind -> (source, origin of the weights).
@@ -50,11 +50,24 @@ def _name_taken(s: Session, name: str, exclude_id: Optional[int] = None) -> bool
     return s.scalars(q).first() is not None
 
 
+def _drop_failed_namesake(s: Session, name: str) -> None:
+    """A model whose creation failed gives its name up to a new attempt."""
+    for row in s.scalars(select(Model).where(func.lower(Model.name) == name.lower(), Model.status == "error")):
+        active = s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
+        if any(row.id in (j.model_ids or []) for j in active):
+            continue
+        s.add(Event(message=f"Failed model '{row.name}' replaced by a new attempt", model_id=row.id))
+        shutil.rmtree(model_dir(row.id), ignore_errors=True)
+        s.delete(row)
+    s.flush()
+
+
 def reserve_outputs(s: Session, spec: Any) -> list[int]:
     """Create the row of the model a job will produce (status 'creating')."""
     source_of = OUTPUT_SOURCES.get(spec.kind)
     if source_of is None:
         return []
+    _drop_failed_namesake(s, spec.name)
     if _name_taken(s, spec.name):
         raise SpecError("name", f"a model named {spec.name!r} already exists: choose another name")
     source, origin = source_of(spec)
@@ -83,20 +96,31 @@ def settle_outputs(s: Session, job: Job) -> None:
             row.status, row.error = "error", f"job {job.id} {job.error_class or 'failed'}: {job.error}"
 
 
+class Superseded(RuntimeError):
+    """The job that made this model is no longer running (cancelled, lost)."""
+
+
 def publish(model_id: int, facts: dict[str, Any]) -> None:
-    """Move a finished model folder into place and record its facts."""
+    """Move a finished model folder into place and record its facts, only if the
+    row is still 'creating' and its job still running (one transaction)."""
     src, dst = partial_dir(model_id), model_dir(model_id)
-    if dst.exists():
-        shutil.rmtree(dst)
-    src.rename(dst)
     with session() as s:
+        write_lock(s)  # no job state change can interleave (see core.jobs._finish)
         row = s.get(Model, model_id)
+        job = s.get(Job, row.job_id) if row is not None and row.job_id else None
+        if row is None or row.status != "creating" or job is None or job.status != "running":
+            shutil.rmtree(src, ignore_errors=True)
+            raise Superseded(f"model {model_id}: its job ended before the model was saved")
         for key, value in facts.items():
             setattr(row, key, value)
         row.path = str(dst.relative_to(data_home()))
-        row.size_bytes = folder_size(dst)
+        row.size_bytes = folder_size(src)
         row.status, row.error = "available", None
         s.add(Event(message=f"Model '{row.name}' is ready", model_id=model_id, job_id=row.job_id))
+        s.flush()  # the row is written (and locked) before the folder moves
+        if dst.exists():
+            shutil.rmtree(dst)
+        src.rename(dst)
 
 
 def folder_size(path: Path) -> int:

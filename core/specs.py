@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -109,8 +109,11 @@ class CreateModelSpec:
                 "n_head",
                 f"{dims['n_head']} heads do not divide hidden_size {dims['hidden_size']}",
             )
-        if self.corpus and not Path(self.corpus).expanduser().is_file():
-            raise SpecError("corpus", f"{self.corpus} is not a file: give a UTF-8 text file")
+        if self.corpus:
+            if not Path(self.corpus).expanduser().is_file():
+                raise SpecError("corpus", f"{self.corpus} is not a file: give a UTF-8 text file")
+            # the worker runs elsewhere: keep the path it can find
+            self.corpus = str(Path(self.corpus).expanduser().resolve())
 
     def dims(self) -> dict[str, Optional[int]]:
         """The preset's dims with explicit ones applied on top."""
@@ -191,6 +194,9 @@ class ImportModelSpec:
             )
         if kind == "gguf" and not self.local_path().is_file():
             raise SpecError("source", f"{self.source} does not exist")
+        if kind != "hub":
+            # the worker runs elsewhere: keep the path it can find
+            self.source = str(self.local_path())
 
     def local_path(self) -> Path:
         return Path(self.source).expanduser().resolve()

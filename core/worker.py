@@ -1,10 +1,15 @@
 """Run one job: `python -m core.worker <job_id>`.
 
-Started by `core.jobs` in its own process session with stdout/stderr going to
-runs/<id>/log.txt; it can also be run by hand on a queued job. It writes a
-heartbeat, progress and metrics to the database, stops gracefully on SIGTERM
-(or a cancel request seen in the database), records how it ended, and starts the
-next queued job.
+Started by `core.jobs` as the leader of its own process session, stdout/stderr
+going to runs/<id>/log.txt; it can also be run by hand on a queued job.
+
+It is two processes. This one, the supervisor, imports no torch: it claims the
+job, writes the heartbeat, and starts the job process (`--run`), which loads the
+spec, runs the job function and records progress, metrics and how it ended.
+The split is what makes a job's end certain: when the job process dies without
+a word (out-of-memory killer, segfault, SIGKILL), the supervisor records it;
+when a cancelled job does not stop within the grace period, the supervisor
+kills it; either way it then starts the next queued job.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -20,45 +26,31 @@ import traceback
 
 from core.run import BadInput, Cancelled, Run
 
-# What runs each job kind ("module:function", imported only when needed so the
-# SIGTERM handler is in place before the seconds of torch imports).
+# What runs each job kind ("module:function", imported only in the job process).
 RUNNERS: dict[str, str] = {
     "create_model": "core.model_jobs:run_create_model",
     "add_starter": "core.model_jobs:run_add_starter",
     "import_model": "core.model_jobs:run_import_model",
 }
-
-
-def _heartbeat(job_id: int, stop: threading.Event, done: threading.Event) -> None:
-    """Beat every HEARTBEAT_S; a cancel request in the database stops the job too
-    (that is how a cancel from another machine reaches this worker)."""
-    from sqlalchemy import select, update
-
-    from core import config
-    from storage.db import session
-    from storage.tables import Job, utcnow
-
-    while not done.wait(config.HEARTBEAT_S):
-        try:
-            with session() as s:
-                s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow()))
-                row = s.execute(select(Job.status, Job.cancel_requested_at).where(Job.id == job_id)).first()
-            if row is None or row.status != "running" or row.cancel_requested_at is not None:
-                stop.set()
-        except Exception as exc:  # a database hiccup must not kill the job
-            print(f"heartbeat: {exc}", file=sys.stderr, flush=True)
+SIGNAL_NAMES = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT"}
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
     """(error class, message a person can act on)."""
     from core.specs import SpecError
 
-    name = type(exc).__name__
+    name, text = type(exc).__name__, str(exc)
     if isinstance(exc, (BadInput, SpecError)):
-        return "bad_input", str(exc)
-    if isinstance(exc, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-        return "out_of_memory", f"out of memory: {exc}. Try a smaller batch size, sequence length or model."
-    return "crashed", f"{name}: {exc}"
+        return "bad_input", text
+    low = text.lower()
+    if (
+        isinstance(exc, MemoryError)
+        or name == "OutOfMemoryError"
+        or "out of memory" in low
+        or "can't allocate memory" in low  # torch's CPU allocator
+    ):
+        return "out_of_memory", f"out of memory: {text}. Try a smaller batch size, sequence length or model."
+    return "crashed", f"{name}: {text}"
 
 
 def _load_runner(kind: str):
@@ -69,47 +61,18 @@ def _load_runner(kind: str):
     return getattr(importlib.import_module(module), func)
 
 
-def main(argv: list[str]) -> int:
+# --- the job process ------------------------------------------------------------------
+
+
+def run_job(job_id: int) -> int:
+    """Load the spec, run the job function, record the end. SIGTERM = graceful stop."""
     stop = threading.Event()
-    # First thing: a SIGTERM from now on asks for a graceful stop.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m core.worker JOB_ID", file=sys.stderr)
-        return 2
-    job_id = int(argv[0])
-
-    from sqlalchemy import update
 
     from core import jobs
     from core.specs import spec_from_dict
-    from storage.db import session
-    from storage.tables import Job, utcnow
 
-    job = jobs.get(job_id)
-    if job.status == "queued":  # started by hand: claim it
-        with session() as s:
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "queued")
-                .values(status="running", started_at=utcnow(), heartbeat_at=utcnow(), host=jobs.HOST)
-            ).rowcount
-        if not claimed:
-            job = jobs.get(job_id)
-    elif job.status != "running":
-        print(f"job {job_id} is {job.status}; nothing to do", file=sys.stderr)
-        return 1
-    with session() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(pid=os.getpid(), host=jobs.HOST, heartbeat_at=utcnow(), progress_message="loading")
-        )
-
-    done = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(job_id, stop, done), daemon=True)
-    beat.start()
-    print(f"worker pid {os.getpid()} running job {job_id} ({job.kind})", flush=True)
     status, error_class, error, result = "failed", "crashed", "", None
     try:
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
@@ -125,16 +88,118 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         error_class, error = _classify(exc)
-    finally:
-        done.set()
     jobs._finish(job_id, status, error_class=error_class, error=error, result=result)
     print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
+    return 0 if status == "succeeded" else 1
+
+
+# --- the supervisor -------------------------------------------------------------------
+
+
+def _claim(job_id: int) -> bool:
+    """Make this process the job's worker; False if it is not ours to run."""
+    from sqlalchemy import or_, update
+
+    from core import jobs
+    from storage.db import session
+    from storage.tables import Job, utcnow
+
+    me, now = os.getpid(), utcnow()
+    with session() as s:
+        # queued: started by hand; running with no pid or ours: started by core.jobs
+        claimed = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="running", started_at=now, heartbeat_at=now, host=jobs.HOST, pid=me)
+        ).rowcount or s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", or_(Job.pid.is_(None), Job.pid == me))
+            .values(pid=me, host=jobs.HOST, heartbeat_at=now, progress_message="loading")
+        ).rowcount
+    return bool(claimed)
+
+
+def supervise(job_id: int) -> int:
+    from sqlalchemy import select, update
+
+    from core import config, jobs
+    from storage.db import session
+    from storage.tables import Job, utcnow
+
+    cancel_at: list[float] = []  # monotonic time of the first stop request
+
+    def request_stop(*_) -> None:
+        if not cancel_at:
+            cancel_at.append(time.monotonic())
+            if child is not None and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    child = None
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    job = jobs.get(job_id)
+    if not _claim(job_id):
+        print(f"job {job_id} is {job.status} (worker pid {job.pid}); not starting it", file=sys.stderr)
+        return 1
+    print(f"worker pid {os.getpid()} running job {job_id} ({job.kind})", flush=True)
+    if jobs.get(job_id).cancel_requested_at is not None:
+        request_stop()
+    if cancel_at:
+        jobs._finish(job_id, "cancelled", error="cancelled before it started")
+        jobs.refresh()
+        return 1
+
+    # Same process group: a cancel's killpg reaches both processes.
+    child = subprocess.Popen([sys.executable, "-m", "core.worker", str(job_id), "--run"], stdin=subprocess.DEVNULL)
+    grace = config.cancel_grace_s()
+    next_beat = 0.0
+    while True:
+        try:
+            code = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if cancel_at and now - cancel_at[0] > grace:
+            print(f"did not stop within {grace:g} s of the cancel: killing it", flush=True)
+            child.kill()
+        if now >= next_beat:
+            next_beat = now + config.HEARTBEAT_S
+            try:
+                with session() as s:
+                    s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow()))
+                    row = s.execute(select(Job.status, Job.cancel_requested_at).where(Job.id == job_id)).first()
+                # a cancel from another machine arrives through the database
+                if row is None or row.status != "running" or row.cancel_requested_at is not None:
+                    request_stop()
+            except Exception as exc:  # a database hiccup must not kill the job
+                print(f"heartbeat: {exc}", file=sys.stderr, flush=True)
+
+    # The job process records its own end; if it could not, say how it died.
+    if cancel_at:
+        jobs._finish(job_id, "cancelled", error="cancelled (killed after the grace period)" if code < 0 else "cancelled")
+    elif code < 0:
+        name = SIGNAL_NAMES.get(-code, f"signal {-code}")
+        hint = " (SIGKILL from outside is most often the out-of-memory killer)" if -code == signal.SIGKILL else ""
+        jobs._finish(job_id, "failed", error_class="lost", error=f"the job process was killed by {name}{hint}")
+    else:
+        jobs._finish(job_id, "failed", error_class="crashed", error=f"the job process exited with code {code} without reporting an end")
     # Drain the queue: no daemon needed.
     try:
         jobs.refresh()
     except Exception:
         traceback.print_exc()
-    return 0 if status == "succeeded" else 1
+    return 0 if jobs.get(job_id).status == "succeeded" else 1
+
+
+def main(argv: list[str]) -> int:
+    if not argv or not argv[0].isdigit() or argv[1:] not in ([], ["--run"]):
+        print("usage: python -m core.worker JOB_ID", file=sys.stderr)
+        return 2
+    if argv[1:] == ["--run"]:
+        return run_job(int(argv[0]))
+    return supervise(int(argv[0]))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from ui import common, forms
 common.setup_page("Models", ":material/neurology:")
 st.title("Models")
 common.live_jobs_panel("models")
+forms.last_submitted()
 
 yours, create, imports = st.tabs(["Your models", "Create from scratch", "Import"])
 

@@ -14,14 +14,18 @@ status = st.segmented_control(
     "Show", ["all", "running", "queued", "succeeded", "failed", "cancelled"], default="all", key="jobs_filter"
 )
 rows = jobs.list_jobs(status=None if status in (None, "all") else status)
-common.jobs_table(rows, key="jobs_table")
+if not rows:
+    st.info("No jobs yet.")
+    st.stop()
+by_id = {j.id: j for j in rows}
+chosen = st.selectbox("Job", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="job_pick")
 
-if rows:
-    by_id = {j.id: j for j in rows}
-    chosen = st.selectbox("Job", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="job_pick")
 
-    @st.fragment(run_every=1.0 if by_id[chosen].status in jobs.ACTIVE else None)
-    def details() -> None:
-        common.job_details(jobs.get(chosen))
+@st.fragment(run_every=1.0 if any(j.status in jobs.ACTIVE for j in rows) else None)
+def table_and_details() -> None:
+    """Live while any listed job is active; the rest of the page stays put."""
+    common.jobs_table(jobs.list_jobs(status=None if status in (None, "all") else status), key="jobs_table")
+    common.job_details(jobs.get(chosen))
 
-    details()
+
+table_and_details()

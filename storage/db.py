@@ -119,9 +119,42 @@ def migrate(engine: Engine) -> None:
         if MigrationContext.configure(conn).get_current_revision() == head:
             return
     with _migration_lock(engine):
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        target = _sqlite_transactional(engine) if engine.dialect.name == "sqlite" else engine
+        try:
+            # one transaction: a crash half-way leaves the schema as it was
+            with target.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            if target is not engine:
+                target.dispose()
+
+
+def _sqlite_transactional(engine: Engine) -> Engine:
+    """An engine whose transactions really wrap DDL: pysqlite's legacy mode
+    commits before each CREATE TABLE (SQLAlchemy's documented pysqlite recipe)."""
+    mig = create_engine(engine.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(mig, "connect")
+    def _connect(dbapi_conn, record) -> None:
+        dbapi_conn.isolation_level = None
+        _on_sqlite_connect(dbapi_conn, record)
+
+    @event.listens_for(mig, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return mig
+
+
+def write_lock(s: Session) -> None:
+    """Serialise job state changes across processes for the rest of this
+    transaction: SQLite's write lock (a write statement as the first one; waits
+    on busy_timeout) or a PostgreSQL transaction-scoped advisory lock."""
+    if s.bind.dialect.name == "sqlite":
+        s.execute(text("UPDATE jobs SET id = id WHERE 1 = 0"))
+    else:
+        s.execute(text("SELECT pg_advisory_xact_lock(742002)"))
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:

@@ -44,6 +44,7 @@ class Model(Base):
     """A model the user has: starter, hub, local, scratch or trained (or an adapter)."""
 
     __tablename__ = "models"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -79,6 +80,7 @@ class Dataset(Base):
     """An imported, validated data set saved with `datasets.save_to_disk`."""
 
     __tablename__ = "datasets"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -97,6 +99,7 @@ class Job(Base):
     """One long action: a typed spec (runs/<id>/spec.json) and its live state."""
 
     __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
@@ -131,7 +134,10 @@ class Metric(Base):
     """Per-step metrics as a long table: one row per (job, step, name)."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
+    __table_args__ = (
+        Index("ix_metrics_job_name_step", "job_id", "name", "step"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -145,6 +151,7 @@ class Event(Base):
     """The activity feed on the dashboard: what happened, in a sentence."""
 
     __tablename__ = "events"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message: Mapped[str] = mapped_column(Text)

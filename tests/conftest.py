@@ -66,25 +66,39 @@ def home(tmp_path, monkeypatch, request):
         monkeypatch.delenv("DATABASE_URL", raising=False)
     db.dispose_engines()
     yield data
-    _stop_workers()
+    _stop_workers(data)
     db.dispose_engines()
 
 
-def _stop_workers() -> None:
-    """Kill any worker a test left running, so it cannot write into the next test."""
+def _worker_pids(home: Path) -> list[int]:
+    """Worker processes (supervisors and job processes) of this data home."""
+    marker = f"LLMDEV_HOME={home}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"core.worker" in (proc / "cmdline").read_bytes() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _stop_workers(home: Path) -> None:
+    """Kill every worker a test left behind, even one that is only finishing up:
+    with PostgreSQL the next test reuses job ids, and a late write would land there."""
     from core import jobs
 
-    try:
-        for job in jobs.list_jobs():
-            if job.status in jobs.ACTIVE and job.pid:
-                jobs._kill(job.pid, 9)
-    except Exception:
-        pass
+    for pid in _worker_pids(home):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
     for proc in list(jobs._children):
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        proc.wait(10)
     jobs._children.clear()
+    wait_for(lambda: not _worker_pids(home), 10, what="the workers to exit")
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
@@ -103,14 +117,14 @@ def cli(home):
     """Run `python -m core ...` in a subprocess against the test's data home."""
     import subprocess
 
-    def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "core", *args],
-            cwd=ROOT,
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=dict(os.environ),
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
 
     return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from core import jobs
 
@@ -60,3 +61,17 @@ def test_delete_needs_confirmation(cli):
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert cli("models", "delete", "gone", "--yes").returncode == 0
     assert json.loads(cli("models", "list", "--json").stdout) == []
+
+
+def test_relative_paths_are_taken_from_where_the_command_runs(cli, home, tmp_path):
+    assert cli("models", "create", "--size", "tiny", "--name", "src", "--wait").returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "corpora").mkdir(parents=True)
+    (elsewhere / "corpora" / "mine.txt").write_text("hello world, a tiny corpus of words. " * 200)
+    src = home / "models" / "1"
+    out = cli("models", "import", os.path.relpath(src, elsewhere), "--name", "rel", "--wait", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    out = cli("models", "create", "--size", "tiny", "--vocab-size", "300", "--corpus", "corpora/mine.txt", "--name", "c", "--wait", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(cli("models", "show", "c", "--json").stdout)
+    assert shown["details"]["corpus"] == str(elsewhere / "corpora" / "mine.txt")

@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from conftest import ROOT, wait_for
 from core import jobs, models
-from core.specs import CreateModelSpec, ImportModelSpec
+from core.specs import AddStarterSpec, CreateModelSpec, ImportModelSpec
 from storage.db import session
 from storage.tables import Event, Job, Metric, Model
 
@@ -56,6 +57,11 @@ def test_runtime_bad_input_fails_with_clear_error(home, backend, tmp_path):
     row = models.get(job.model_ids[0])
     assert row.status == "error" and "invalid JSON" in row.error
     assert not models.partial_dir(row.id).exists() and not models.model_dir(row.id).exists()
+    # fixed input, same name: the failed attempt gives its name up
+    (folder / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
+    retry = jobs.submit(ImportModelSpec(source=str(folder), name="broken"))
+    assert [m.id for m in models.list_models()] == [jobs.get(retry).model_ids[0]]
+    jobs.cancel(retry)
 
 
 def test_cancel_mid_run_is_graceful(home, backend, monkeypatch):
@@ -161,3 +167,53 @@ def test_validation_failure_writes_nothing(home):
         assert len(s.scalars(select(Job)).all()) == 1
         assert len(s.scalars(select(Model)).all()) == 1
     assert sorted(p.name for p in (home / "runs").iterdir()) == ["1"]
+
+
+def _job_process(supervisor_pid: int) -> int:
+    """The pid of the job process the supervisor started (`core.worker ID --run`)."""
+    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
+    return int(wait_for(lambda: children and children[0], 10, what="the job process"))
+
+
+def test_killed_job_process_is_recorded_and_the_queue_moves_on(home, backend, monkeypatch):
+    """The out-of-memory killer picks the big process: the job process, not its
+    supervisor. The supervisor says what happened and starts the next job, with
+    nobody watching (this test only reads the database)."""
+    monkeypatch.setenv("LLMDEV_MAX_CONCURRENT_JOBS", "1")
+    victim = jobs.submit(CreateModelSpec(name="victim", arch="gpt2", size="small"))
+    after = jobs.submit(CreateModelSpec(name="after", size="tiny"))
+    job = wait_for(lambda: _running_with_pid(victim), 90, what="the worker to start")
+    os.kill(_job_process(job.pid), signal.SIGKILL)
+
+    def ended(job_id):
+        with session() as s:
+            return s.get(Job, job_id).status in jobs.TERMINAL
+
+    wait_for(lambda: ended(victim) and ended(after), 120, what="both jobs to end")
+    job = jobs.get(victim)
+    assert job.status == "failed" and job.error_class == "lost"
+    assert "killed by SIGKILL" in job.error and "out-of-memory" in job.error
+    assert jobs.get(after).status == "succeeded"
+
+
+def test_job_that_ignores_the_cancel_is_killed_after_the_grace_period(home, monkeypatch):
+    """Dequantising the starter is one long call that cannot look at the stop
+    flag: the supervisor kills it when the grace period is over."""
+    monkeypatch.setenv("LLMDEV_CANCEL_GRACE_S", "1")
+    job_id = jobs.submit(AddStarterSpec())
+    wait_for(lambda: "reading the tokenizer" in jobs.get(job_id).progress_message, 90, what="the slow step")
+    assert jobs.cancel(job_id) == "stopping"
+    job = jobs.wait(job_id, timeout_s=60)
+    assert job.status == "cancelled" and job.error == "cancelled (killed after the grace period)"
+    assert "killing it" in jobs.read_log_tail(job_id)
+    assert models.list_models() == []
+
+
+def test_a_second_worker_for_a_running_job_refuses(home):
+    job_id = jobs.submit(CreateModelSpec(name="once", size="small"))
+    wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to start")
+    again = subprocess.run(
+        [sys.executable, "-m", "core.worker", str(job_id)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 1 and "not starting it" in again.stderr
+    assert jobs.wait(job_id, timeout_s=120).status == "succeeded"

@@ -97,3 +97,16 @@ def test_writer_and_reader_processes_never_see_locked(home, backend):
         assert int(out.strip()) > 10
     with db.session() as s:
         assert s.get(Job, job_id).progress_step > 0
+
+
+def test_ids_are_never_reused(home, backend):
+    with db.session() as s:
+        s.add(Model(name="a", source="scratch", status="available", details={}))
+    with db.session() as s:
+        first = s.scalars(select(Model)).one()
+        first_id = first.id
+        s.delete(first)
+    with db.session() as s:
+        s.add(Model(name="b", source="scratch", status="available", details={}))
+    with db.session() as s:
+        assert s.scalars(select(Model.id)).one() > first_id

@@ -49,10 +49,16 @@ def setup_page(title: str, icon: str = ":material/neurology:") -> None:
     st.set_page_config(page_title=f"{title} · LLM Dev Platform", page_icon=icon, layout="wide")
     _secrets_to_env()
     try:
+        config.check()
+    except ValueError as exc:
+        st.error(f"Setting problem: {exc}")
+        st.stop()
+    try:
         _engine(database_url())
     except Exception as exc:
         st.error(f"Cannot open the database at `{database_url()}`: {exc}")
         st.stop()
+    jobs.refresh()  # lost workers and finished queues show correctly from the first paint
     if "starter_checked" not in st.session_state:
         st.session_state.starter_checked = True
         job_id = starter.autostart()
@@ -154,11 +160,22 @@ def job_details(job) -> None:
         st.plotly_chart(charts.metrics_figure(series), key=f"metrics_{job.id}")
     if job.status in jobs.ACTIVE:
         again = job.cancel_requested_at is not None
-        if st.button("Kill now" if again else "Cancel job", key=f"cancel_{job.id}", type="secondary"):
-            st.toast(f"Job {job.id}: {jobs.cancel(job.id)}")
+        st.button(
+            "Kill now" if again else "Cancel job",
+            key=f"cancel_{job.id}",
+            on_click=_cancel,
+            args=(job.id,),
+            help="A second cancel kills the worker at once" if again else "Graceful stop (SIGTERM)",
+        )
+    if st.session_state.get("cancel_result"):
+        st.toast(st.session_state.pop("cancel_result"))
     with st.expander("Log", expanded=job.status == "failed"):
         st.code(jobs.read_log_tail(job.id, 80) or "(empty)", language="text")
         st.caption(str(jobs.log_path(job.id)))
+
+
+def _cancel(job_id: int) -> None:
+    st.session_state["cancel_result"] = f"Job {job_id}: {jobs.cancel(job_id)}"
 
 
 def model_frame(rows: list[dict]) -> pd.DataFrame:

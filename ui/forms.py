@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import streamlit as st
+from sqlalchemy.exc import SQLAlchemyError
 
 from core import jobs, models
 from core.format import human_bytes, human_count
@@ -19,9 +20,23 @@ def submit(make_spec: Callable[[], Any]) -> None:
     except (SpecError, ValueError) as exc:
         st.error(f"Not started: {exc}")
         return
-    st.success(f"Started job {job_id}: {spec.title()}. Follow it above or on the **Jobs** page.")
+    except SQLAlchemyError as exc:
+        st.error(f"Not started: the database refused it ({type(exc).__name__}); please try again.")
+        return
+    # kept in the session and shown at the top: the live panel reruns the page
+    # as soon as the job starts, which would wipe a message shown only here
+    st.session_state["last_submitted"] = {"job_id": job_id, "title": spec.title(), "cli": spec.cli() + " --wait"}
+    st.rerun()
+
+
+def last_submitted() -> None:
+    """The confirmation of the latest submission, with its command line."""
+    done = st.session_state.get("last_submitted")
+    if not done:
+        return
+    st.success(f"Started job {done['job_id']}: {done['title']}. Follow it above or on the **Jobs** page.")
     st.caption("The same from a terminal:")
-    st.code(spec.cli() + " --wait", language="bash")
+    st.code(done["cli"], language="bash")
 
 
 def dims_inputs() -> dict[str, Any]:

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "datasets",
@@ -50,6 +51,7 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(64), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "jobs",
@@ -74,6 +76,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("started_at", UTCDateTime(), nullable=True),
         sa.Column("finished_at", UTCDateTime(), nullable=True),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_jobs_status", "jobs", ["status"])
     op.create_table(
@@ -84,6 +87,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(100), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_metrics_job_name_step", "metrics", ["job_id", "name", "step"])
     op.create_table(
@@ -93,6 +97,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.Integer(), nullable=True),
         sa.Column("model_id", sa.Integer(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_events_created_at", "events", ["created_at"])
     op.create_table(
