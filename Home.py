@@ -21,6 +21,7 @@ common.live_jobs_panel("home")
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Recent activity")
+    st.caption("Times in UTC.")
     events = jobs.recent_events(15)
     if not events:
         st.info("Nothing yet. Start on the **Models** page: add the starter model or create one from scratch.")
