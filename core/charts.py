@@ -35,3 +35,12 @@ def jobs_by_status_figure(counts: dict[str, int]) -> go.Figure:
     )
     fig.update_layout(height=200, margin=dict(l=10, r=10, t=10, b=10), xaxis_title="jobs")
     return fig
+
+
+def token_length_histogram(lengths: list[int], max_length: int | None = None) -> go.Figure:
+    """Tokens per example; a dashed line at the training max length, if given."""
+    fig = go.Figure(go.Histogram(x=lengths, nbinsx=40, marker_color="#7c9cff"))
+    if max_length:
+        fig.add_vline(x=max_length, line_dash="dash", line_color="#f85149", annotation_text="max length")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="tokens per example", yaxis_title="examples")
+    return fig

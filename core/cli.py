@@ -7,6 +7,9 @@
     python -m core models import PATH_OR_HUB_ID --name NAME [--revision REV] [--wait]
     python -m core models rename MODEL NEW_NAME
     python -m core models delete MODEL --yes
+    python -m core data import PATH --name NAME [--format F] [--map FIELD=COLUMN] [--drop-bad-rows] [--wait]
+    python -m core data list|show [--json]
+    python -m core data delete DATASET --yes
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
     python -m core jobs cancel ID [--wait]
@@ -23,11 +26,12 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from core import jobs, models
+from core import datasets, jobs, models
 from core.format import human_bytes, human_count
-from core.specs import AddStarterSpec, CreateModelSpec, ImportModelSpec, SpecError
+from core.specs import AddStarterSpec, CreateModelSpec, ImportDatasetSpec, ImportModelSpec, SpecError
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -165,6 +169,75 @@ def models_delete(args) -> int:
     return 0
 
 
+# --- data sets ------------------------------------------------------------------------
+
+
+def _mapping(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, col = pair.partition("=")
+        if not sep or not key or not col:
+            raise ValueError(f"--map {pair!r}: write it as FIELD=COLUMN, e.g. --map response=answer")
+        out[key.strip()] = col.strip()
+    return out
+
+
+def data_import(args) -> int:
+    spec = ImportDatasetSpec(
+        path=args.path,
+        name=args.name,
+        format=args.format or "",
+        mapping=_mapping(args.map),
+        drop_bad_rows=args.drop_bad_rows,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+        tokenizer_model=args.tokenizer_model or "",
+    )
+    # Check every row here first: a refused file registers nothing and says why.
+    parsed = datasets.read_file(Path(spec.path))
+    norm = datasets.normalize(parsed, spec.format or None, spec.mapping)
+    if norm.problems:
+        print(f"{len(norm.problems)} bad row(s) in {Path(spec.path).name}:\n{norm.report()}", file=sys.stderr)
+        if not spec.drop_bad_rows:
+            print("nothing imported: fix the file, or import the good rows with --drop-bad-rows", file=sys.stderr)
+            return 1
+        print(f"importing the {len(norm.rows)} good row(s) (--drop-bad-rows)", file=sys.stderr)
+    print(f"format: {norm.format}; columns: " + ", ".join(f"{k} <- {v}" for k, v in norm.mapping.items()), file=sys.stderr)
+    return _submit(spec, args.wait)
+
+
+def data_list(args) -> int:
+    jobs.refresh()
+    rows = [datasets.dataset_dict(d) for d in datasets.list_datasets()]
+    if args.json:
+        _print_json(rows)
+        return 0
+    view = [dict(r, rows=r["num_rows"], tokens=(r["details"].get("tokens") or {}).get("total", "-")) for r in rows]
+    print(_table(view, ["id", "name", "status", "format", "rows", "tokens", "fingerprint"]))
+    return 0
+
+
+def data_show(args) -> int:
+    jobs.refresh()
+    data = datasets.dataset_dict(datasets.find(args.dataset))
+    if args.json:
+        _print_json(data)
+        return 0
+    for key, value in data.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def data_delete(args) -> int:
+    row = datasets.find(args.dataset)
+    if not args.yes:
+        print(f"this deletes data set {row.id} '{row.name}' and its files: add --yes to confirm", file=sys.stderr)
+        return 2
+    datasets.delete(row.id)
+    print(f"deleted data set {row.id} '{row.name}'")
+    return 0
+
+
 # --- jobs ---------------------------------------------------------------------------
 
 
@@ -281,6 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="confirm")
     c.set_defaults(func=models_delete)
 
+    d = nouns.add_parser("data", help="import, list and manage data sets").add_subparsers(dest="verb", required=True)
+    c = d.add_parser("import", help="import a JSONL, JSON, CSV or Parquet file (every row is checked)")
+    c.add_argument("path")
+    c.add_argument("--name", required=True)
+    c.add_argument("--format", choices=["text", "instruction", "chat", "preference", "prompt"], help="default: detected")
+    c.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="override the column mapping")
+    c.add_argument("--drop-bad-rows", action="store_true", help="import the good rows, report the bad ones")
+    c.add_argument("--validation-fraction", type=float, default=0.1)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tokenizer-model", help="model whose tokenizer measures token statistics")
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=data_import)
+    c = d.add_parser("list")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=data_list)
+    c = d.add_parser("show")
+    c.add_argument("dataset", help="id or name")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=data_show)
+    c = d.add_parser("delete")
+    c.add_argument("dataset")
+    c.add_argument("--yes", action="store_true")
+    c.set_defaults(func=data_delete)
+
     j = nouns.add_parser("jobs", help="watch and control jobs").add_subparsers(dest="verb", required=True)
     c = j.add_parser("list")
     c.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
@@ -310,6 +407,6 @@ def main(argv: list[str]) -> int:
     func: Callable[[Any], int] = args.func
     try:
         return func(args)
-    except (SpecError, models.ModelError, jobs.JobNotFound, ValueError) as exc:
+    except (SpecError, models.ModelError, datasets.DatasetError, jobs.JobNotFound, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from sqlalchemy import func, select, update
 
-from core import config, models
+from core import config, datasets, models
 from core.specs import spec_to_dict
 from storage.db import data_home, database_url, session, write_lock
 from storage.tables import Event, Job, Metric, utcnow
@@ -59,12 +59,14 @@ def submit(spec: Any, *, start: bool = True) -> int:
     try:
         with session() as s:
             write_lock(s)  # two submits of the same name: one wins, one is told
-            model_ids = models.reserve_outputs(s, spec)
+            model_ids = models.reserve_outputs(s, spec) + models.resolve_inputs(s, spec)
+            dataset_ids = datasets.reserve_outputs(s, spec) + datasets.resolve_inputs(s, spec)
             job = Job(
                 kind=spec.kind,
                 title=spec.title(),
                 spec=spec_to_dict(spec),
                 model_ids=model_ids,
+                dataset_ids=dataset_ids,
                 status="queued",
                 progress_step=0,
                 progress_message="queued",
@@ -294,6 +296,7 @@ def _finish(
             return False
         job = s.get(Job, job_id)
         models.settle_outputs(s, job)
+        datasets.settle_outputs(s, job)
         what = {"succeeded": "succeeded", "cancelled": "was cancelled"}.get(
             status, f"failed ({error_class})"
         )
@@ -417,6 +420,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "error": job.error,
         "error_class": job.error_class,
         "model_ids": job.model_ids,
+        "dataset_ids": job.dataset_ids,
         "result": job.result,
         "resumed_from": job.resumed_from,
         "created_at": job.created_at.isoformat() if job.created_at else None,

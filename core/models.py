@@ -77,6 +77,22 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
     return [row.id]
 
 
+def resolve_inputs(s: Session, spec: Any) -> list[int]:
+    """Ids of the models a job reads (its `model` field: a name or an id)."""
+    ref = getattr(spec, "model", None)
+    if not ref:
+        return []
+    ref = str(ref).strip()
+    row = s.get(Model, int(ref)) if ref.isdigit() else None
+    if row is None:
+        row = s.scalars(select(Model).where(func.lower(Model.name) == ref.lower())).first()
+    if row is None:
+        raise SpecError("model", f"there is no model {ref!r} (see: python -m core models list)")
+    if row.status != "available":
+        raise SpecError("model", f"model '{row.name}' is {row.status}, not available")
+    return [row.id]
+
+
 def link_job(s: Session, model_ids: list[int], job_id: int) -> None:
     for row in s.scalars(select(Model).where(Model.id.in_(model_ids), Model.status == "creating")):
         row.job_id = job_id

@@ -33,6 +33,7 @@ class Run:
         self.stop = stop
         job = jobs.get(job_id)
         self.model_ids: list[int] = list(job.model_ids or [])
+        self.dataset_ids: list[int] = list(job.dataset_ids or [])
         self._last_progress = 0.0
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -220,7 +220,69 @@ class ImportModelSpec:
         return f"python -m core models import {_quote(self.source)} --name {_quote(self.name)}{rev}"
 
 
-SPECS: dict[str, type] = {s.kind: s for s in (CreateModelSpec, AddStarterSpec, ImportModelSpec)}
+@dataclass
+class ImportDatasetSpec:
+    """Import a JSONL, JSON, CSV or Parquet file as a validated data set."""
+
+    kind: ClassVar[str] = "import_dataset"
+
+    path: str
+    """The file to import."""
+    name: str
+    """Name of the data set (unique)."""
+    format: str = ""
+    """text, instruction, chat, preference or prompt; empty = detect from the columns."""
+    mapping: dict[str, str] = field(default_factory=dict)
+    """Canonical field -> column of the file, where the detected mapping is wrong."""
+    drop_bad_rows: bool = False
+    """Import the good rows and report the bad ones (default: refuse the file)."""
+    validation_fraction: float = 0.1
+    """Share of rows held out as the validation split (0 for none)."""
+    seed: int = 0
+    """Seed of the train/validation shuffle."""
+    tokenizer_model: str = ""
+    """Model (name or id) whose tokenizer measures token statistics; empty = any available."""
+
+    def __post_init__(self) -> None:
+        from core.datasets import EXTENSIONS, FORMATS, MAX_FILE_BYTES
+
+        self.name = check_model_name(self.name)
+        path = Path(self.path or "").expanduser()
+        if not self.path or not path.is_file():
+            raise SpecError("path", f"{self.path or '(empty)'} is not a file")
+        if path.suffix.lower() not in EXTENSIONS:
+            raise SpecError("path", f"{path.name}: unsupported file type; use one of {', '.join(EXTENSIONS)}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError("path", f"{path.name} is over the {MAX_FILE_BYTES // 2**20} MB limit")
+        self.path = str(path.resolve())
+        if self.format and self.format not in FORMATS:
+            raise SpecError("format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
+        if not 0 <= self.validation_fraction <= 0.5:
+            raise SpecError("validation_fraction", f"{self.validation_fraction} must be between 0 and 0.5")
+
+    def title(self) -> str:
+        return f"Import data set '{self.name}' from {Path(self.path).name}"
+
+    def cli(self) -> str:
+        parts = ["python -m core data import", _quote(self.path), f"--name {_quote(self.name)}"]
+        if self.format:
+            parts.append(f"--format {self.format}")
+        for key, col in sorted(self.mapping.items()):
+            parts.append(f"--map {_quote(f'{key}={col}')}")
+        if self.drop_bad_rows:
+            parts.append("--drop-bad-rows")
+        if self.validation_fraction != 0.1:
+            parts.append(f"--validation-fraction {self.validation_fraction:g}")
+        if self.seed:
+            parts.append(f"--seed {self.seed}")
+        if self.tokenizer_model:
+            parts.append(f"--tokenizer-model {_quote(self.tokenizer_model)}")
+        return " ".join(parts)
+
+
+SPECS: dict[str, type] = {
+    s.kind: s for s in (CreateModelSpec, AddStarterSpec, ImportModelSpec, ImportDatasetSpec)
+}
 
 
 def spec_to_dict(spec: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ RUNNERS: dict[str, str] = {
     "create_model": "core.model_jobs:run_create_model",
     "add_starter": "core.model_jobs:run_add_starter",
     "import_model": "core.model_jobs:run_import_model",
+    "import_dataset": "core.data_jobs:run_import_dataset",
 }
 SIGNAL_NAMES = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT"}
 

@@ -109,6 +109,8 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # ids of the models this job reads or writes: a model in use cannot be deleted
     model_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # ids of the data sets this job reads or writes
+    dataset_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     host: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
     pid: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)

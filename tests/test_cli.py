@@ -75,3 +75,29 @@ def test_relative_paths_are_taken_from_where_the_command_runs(cli, home, tmp_pat
     assert out.returncode == 0, out.stderr
     shown = json.loads(cli("models", "show", "c", "--json").stdout)
     assert shown["details"]["corpus"] == str(elsewhere / "corpora" / "mine.txt")
+
+
+def test_data_import_refuses_bad_rows_then_drops_them(cli, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"prompt": "p", "response": "r"}\n{"prompt": ""}\nnot json\n')
+    refused = cli("data", "import", str(path), "--name", "mixed", "--wait")
+    assert refused.returncode == 1
+    assert "line 2: field 'prompt' is empty" in refused.stderr and "line 3: invalid JSON" in refused.stderr
+    assert json.loads(cli("data", "list", "--json").stdout) == []
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []
+
+    done = cli("data", "import", str(path), "--name", "mixed", "--drop-bad-rows", "--wait")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(cli("data", "show", "mixed", "--json").stdout)
+    assert shown["num_rows"] == 1 and shown["format"] == "instruction"
+    assert [d["line"] for d in shown["details"]["dropped"]] == [2, 3]
+
+
+def test_data_import_with_format_and_mapping(cli, tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("q,a\nWhat is 1+1?,2\n")
+    out = cli("data", "import", str(path), "--name", "qa", "--format", "instruction", "--map", "prompt=q", "--map", "response=a", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "prompt <- q, response <- a" in out.stderr
+    listed = json.loads(cli("data", "list", "--json").stdout)
+    assert [(d["name"], d["num_rows"]) for d in listed] == [("qa", 1)]

@@ -12,7 +12,7 @@ from conftest import ROOT
 from core import jobs, models
 from core.specs import CreateModelSpec
 
-PAGES = ["pages/1_Models.py", "pages/9_Jobs.py"]
+PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/9_Jobs.py"]
 
 
 @pytest.fixture
@@ -84,11 +84,11 @@ def test_models_page_rename_and_delete(app):
     row_id = jobs.wait(jobs.submit(CreateModelSpec(name="old-name", size="tiny")), timeout_s=120).result["model_id"]
     app.run()
     app.switch_page("pages/1_Models.py").run()
-    app.text_input(key=f"rename_name_{row_id}").input("new-name")
+    app.text_input(key=f"rename_name_model_{row_id}").input("new-name")
     app.button[[b.label for b in app.button].index("Rename")].click().run()
     assert models.get(row_id).name == "new-name"
-    app.checkbox(key=f"delete_sure_{row_id}").check().run()
-    app.button(key=f"delete_{row_id}").click().run()
+    app.checkbox(key=f"delete_sure_model_{row_id}").check().run()
+    app.button(key=f"delete_model_{row_id}").click().run()
     no_exceptions(app)
     assert models.list_models() == []
 
@@ -116,3 +116,38 @@ def test_first_launch_converts_the_starter_once(app, monkeypatch):
     # a later session (new tab, restart) with still no model does not start it again
     AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60).run()
     assert len(jobs.list_jobs()) == 1
+
+
+def test_datasets_page_checks_previews_and_imports_a_sample(app):
+    jobs.wait(jobs.submit(CreateModelSpec(name="tok", size="tiny")), timeout_s=120)
+    app.run()
+    app.switch_page("pages/2_Datasets.py").run()
+    no_exceptions(app)
+    assert any("No data sets yet" in i.value for i in app.info)
+    # the Import tab: the first sample is checked and previewed as training sees it
+    assert any("All 334 rows are valid (instruction)" in s.value for s in app.success)
+    html = [h.proto.body for h in app.get("html")]
+    assert any("&lt;|im_start|&gt;assistant" in h and "#1f3d2b" in h for h in html)
+    app.button[[b.label for b in app.button].index("Import")].click().run()
+    no_exceptions(app)
+    assert any("Started job" in s.value for s in app.success)
+    job = jobs.wait(jobs.list_jobs()[0].id, timeout_s=120)
+    assert job.status == "succeeded", job.log_tail
+    app.run()
+    no_exceptions(app)
+    assert app.dataframe[0].value["name"].tolist() == ["sample-instructions"]
+    assert any(m.label == "Rows" and m.value == "334" for m in app.metric)
+    assert app.get("plotly_chart")
+
+
+def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": ""}\n')
+    app.run()
+    app.switch_page("pages/2_Datasets.py").run()
+    app.radio(key="data_source").set_value("Path on this machine").run()
+    app.text_input(key="data_path").input(str(bad)).run()
+    no_exceptions(app)
+    assert any("1 bad row(s); 1 good." in e.value for e in app.error)
+    problems = [d.value for d in app.dataframe if "problem" in d.value.columns]
+    assert problems[0].to_dict("records") == [{"line": 2, "problem": "field 'text' is empty"}]

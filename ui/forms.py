@@ -7,7 +7,7 @@ from typing import Any, Callable
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import jobs, models
+from core import datasets, jobs, models
 from core.format import human_bytes, human_count
 from core.specs import SpecError
 
@@ -72,24 +72,27 @@ def model_details(m: dict) -> None:
         st.markdown(f"**Test question** {details.get('sample_prompt')}  \n**Answer** {details['sample'] or '(empty)'}")
 
 
-def rename_and_delete(m: dict) -> None:
+def rename_and_delete(m: dict, what: str = "model") -> None:
+    """Rename and delete (with a confirmation box) a model or a data set."""
+    registry = models if what == "model" else datasets
+    errors = (SpecError, models.ModelError, datasets.DatasetError)
+    key = f"{what.replace(' ', '_')}_{m['id']}"
     left, right = st.columns(2)
-    with left.form(f"rename_{m['id']}"):
-        new_name = st.text_input("New name", value=m["name"], key=f"rename_name_{m['id']}")
+    with left.form(f"rename_{key}"):
+        new_name = st.text_input("New name", value=m["name"], key=f"rename_name_{key}")
         if st.form_submit_button("Rename"):
             try:
-                models.rename(m["id"], new_name)
+                registry.rename(m["id"], new_name)
                 st.rerun()
-            except (SpecError, models.ModelError) as exc:
+            except errors as exc:
                 st.error(str(exc))
     with right:
-        sure = st.checkbox(
-            f"Delete '{m['name']}' and its files ({human_bytes(m['size_bytes'])})", key=f"delete_sure_{m['id']}"
-        )
-        if st.button("Delete model", key=f"delete_{m['id']}", disabled=not sure, type="secondary"):
+        size = f" ({human_bytes(m['size_bytes'])})" if m.get("size_bytes") else ""
+        sure = st.checkbox(f"Delete '{m['name']}' and its files{size}", key=f"delete_sure_{key}")
+        if st.button(f"Delete {what}", key=f"delete_{key}", disabled=not sure, type="secondary"):
             try:
-                models.delete(m["id"])
+                registry.delete(m["id"])
                 st.toast(f"Deleted '{m['name']}'")
                 st.rerun()
-            except models.ModelError as exc:
+            except errors as exc:
                 st.error(str(exc))

@@ -1,0 +1,173 @@
+"""Data sets: every malformed input gives its line and message and leaves nothing
+behind; the samples import; the preview is what training sees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from core import datasets, jobs
+from core.specs import CreateModelSpec, ImportDatasetSpec, SpecError
+from storage.db import session
+from storage.tables import Dataset
+
+BAD_CASES = [
+    # (file name, content, expected messages)
+    ("a.jsonl", '{"prompt": "p", "response": "r"}\n{"prompt": "x"\n', ["line 2: invalid JSON: Expecting ',' delimiter"]),
+    ("b.jsonl", '{"prompt": "p", "response": "r"}\n{"prompt": "", "response": "r"}\n', ["line 2: field 'prompt' is empty"]),
+    ("c.jsonl", '{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n', ["line 2: field 'response' is missing"]),
+    ("d.jsonl", '{"prompt": "p", "response": "r"}\n{"prompt": 5, "response": "r"}\n', ["line 2: field 'prompt' must be text, got int"]),
+    ("e.jsonl", '{"prompt": "p", "response": "r"}\n[1, 2]\n', ["line 2: expected a JSON object, got list"]),
+    ("f.jsonl", b'{"prompt": "p", "response": "r"}\n{"prompt": "\xff", "response": "r"}\n', ["line 2: undecodable bytes (not UTF-8)"]),
+    (
+        "g.jsonl",
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [{"role": "user", "content": "hi"}]}\n',
+        ["line 2: message 1: unknown role 'robot'", "line 3: the conversation has no assistant message"],
+    ),
+    ("h.csv", 'prompt,chosen,rejected\np,c,r\np,,r\n', ["line 3: field 'chosen' is empty"]),
+    ("i.csv", 'text\nhello\n"a","b"\n', ["line 3: more fields than the header has columns"]),
+]
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("name,content,expected", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_rows_are_reported_by_line(tmp_path, name, content, expected):
+    norm = datasets.normalize(datasets.read_file(write(tmp_path, name, content)))
+    report = norm.report()
+    for message in expected:
+        assert message in report
+    assert len(norm.rows) == 1 and norm.lines == [2 if name.endswith(".csv") else 1]
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("bad.json", '[{"text": "a"},\n {"text": "b",}]', "bad.json: line 2: invalid JSON"),
+        ("bad.json", '{"text": "not a list"}', "expected a JSON array of objects"),
+        ("bad.txt", "hello", "unsupported file type"),
+        ("bad.parquet", "not parquet", "not a readable Parquet file"),
+    ],
+)
+def test_unreadable_files_say_why(tmp_path, name, content, message):
+    with pytest.raises(datasets.DatasetError, match=message):
+        datasets.read_file(write(tmp_path, name, content))
+
+
+def test_wrong_format_names_the_missing_columns(tmp_path):
+    parsed = datasets.read_file(write(tmp_path, "x.jsonl", '{"text": "a"}\n'))
+    with pytest.raises(datasets.DatasetError, match="format 'preference' needs column\\(s\\) prompt, chosen, rejected"):
+        datasets.normalize(parsed, "preference")
+
+
+@pytest.mark.parametrize(
+    "columns,fmt",
+    [
+        (["instruction", "input", "output"], "instruction"),
+        (["question", "answer"], "instruction"),
+        (["messages"], "chat"),
+        (["conversations"], "chat"),
+        (["prompt", "chosen", "rejected"], "preference"),
+        (["prompt", "solution"], "prompt"),
+        (["text"], "text"),
+    ],
+)
+def test_format_detection(columns, fmt):
+    assert datasets.detect_format(columns) == fmt
+
+
+def test_alpaca_columns_are_mapped(tmp_path):
+    path = write(tmp_path, "alpaca.json", json.dumps([{"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}]))
+    norm = datasets.normalize(datasets.read_file(path))
+    assert norm.mapping == {"prompt": "instruction", "response": "output", "input": "input"}
+    assert norm.rows == [{"prompt": "Say hi\n\nto Bob", "response": "Hi Bob", "system": ""}]
+
+
+def test_refused_import_leaves_nothing(home, tmp_path):
+    path = write(tmp_path, "bad.jsonl", BAD_CASES[1][1])
+    job = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="bad")), timeout_s=120)
+    assert job.status == "failed" and job.error_class == "bad_input"
+    assert "line 2: field 'prompt' is empty" in job.error and "--drop-bad-rows" in job.error
+    with session() as s:
+        assert s.scalars(select(Dataset)).all() == []
+    assert not (home / "datasets").exists() or list((home / "datasets").iterdir()) == []
+
+
+def test_drop_bad_rows_imports_the_rest_and_reports(home, tmp_path):
+    path = write(tmp_path, "mixed.jsonl", BAD_CASES[6][1])
+    job = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="mixed", drop_bad_rows=True)), timeout_s=120)
+    assert job.status == "succeeded", job.log_tail
+    row = datasets.find("mixed")
+    assert row.num_rows == 1 and row.format == "chat"
+    assert [d["line"] for d in row.details["dropped"]] == [2, 3]
+    assert datasets.load(row)["train"][0]["messages"][1]["content"] == "yo"
+
+
+def test_samples_import_with_splits_and_token_stats(home):
+    model = jobs.wait(jobs.submit(CreateModelSpec(name="tok", size="tiny")), timeout_s=120)
+    assert model.status == "succeeded"
+    ids = {}
+    for file, (name, fmt) in datasets.SAMPLE_FILES.items():
+        ids[name] = jobs.submit(ImportDatasetSpec(path=str(datasets.SAMPLES / file), name=name))
+    for name, job_id in ids.items():
+        assert jobs.wait(job_id, timeout_s=120).status == "succeeded", jobs.get(job_id).log_tail
+    for file, (name, fmt) in datasets.SAMPLE_FILES.items():
+        row = datasets.find(name)
+        assert row.format == fmt and row.num_rows >= 300
+        splits = datasets.load(row)
+        assert len(splits["train"]) + len(splits["validation"]) == row.num_rows
+        assert 0.05 < len(splits["validation"]) / row.num_rows < 0.15
+        tokens = row.details["tokens"]
+        assert tokens["tokenizer_model"] == "tok" and tokens["total"] > 1000 and tokens["p95"] <= tokens["max"]
+        assert len(row.fingerprint) == 16
+    # same content, same fingerprint; a data set in use cannot be deleted
+    again = datasets.normalize(datasets.read_file(datasets.SAMPLES / "chat.jsonl"))
+    assert datasets.fingerprint(again.rows) == datasets.find("sample-chat").fingerprint
+
+
+def test_name_taken_and_bad_spec_fields(home, tmp_path):
+    path = write(tmp_path, "ok.jsonl", '{"text": "hello there"}\n')
+    assert jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="ok")), timeout_s=120).status == "succeeded"
+    with pytest.raises(SpecError, match="a data set named 'OK' already exists"):
+        jobs.submit(ImportDatasetSpec(path=str(path), name="OK"))
+    with pytest.raises(SpecError, match="format: 'tabular' is not one of"):
+        ImportDatasetSpec(path=str(path), name="x", format="tabular")
+    with pytest.raises(SpecError, match="path: .* is not a file"):
+        ImportDatasetSpec(path=str(tmp_path / "nope.jsonl"), name="x")
+    datasets.rename(datasets.find("ok").id, "renamed")
+    datasets.delete(datasets.find("renamed").id)
+    assert datasets.list_datasets() == []
+
+
+def test_preview_matches_the_training_view(home):
+    from transformers import AutoTokenizer
+
+    from core.sft_format import render_segments, training_example
+
+    row_id = jobs.wait(jobs.submit(CreateModelSpec(name="tok", size="tiny")), timeout_s=120).result["model_id"]
+    from core import models
+
+    tok = AutoTokenizer.from_pretrained(home / models.get(row_id).path)
+    row = {"prompt": "Say hi", "response": "Hi!", "system": ""}
+    assert training_example("instruction", row, tok) == {
+        "prompt": [{"role": "user", "content": "Say hi"}],
+        "completion": [{"role": "assistant", "content": "Hi!"}],
+    }
+    assert render_segments("instruction", row, tok) == [
+        ("<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n", False),
+        ("Hi!<|im_end|>\n", True),
+    ]
+    assert render_segments("text", {"text": "abc"}, tok) == [("abc<|endoftext|>", True)]
+    tok.chat_template = None  # a model without a template gets a plain prompt format
+    assert render_segments("instruction", row, tok) == [
+        ("### Instruction:\nSay hi\n\n### Response:\n", False),
+        ("Hi!<|endoftext|>", True),
+    ]

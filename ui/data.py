@@ -1,0 +1,105 @@
+"""Datasets page pieces: upload and check, preview as the model sees it, details."""
+
+from __future__ import annotations
+
+import html
+import json
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import streamlit as st
+
+from core import charts, datasets, models
+from core.format import human_count
+from core.sft_format import SFT_FORMATS, render_segments
+from storage.db import data_home
+
+
+def save_upload(upload) -> Path:
+    """Keep an uploaded file under the data home (the import job reads it from there)."""
+    folder = data_home() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex[:8]}-{Path(upload.name).name}"
+    path.write_bytes(upload.getvalue())
+    return path
+
+
+@st.cache_data(ttl=60, show_spinner="Checking every row...")
+def check_file(path: str, mtime: float, fmt: Optional[str], mapping_json: str):
+    """read + normalize, cached per file version and choice (pure, no side effects)."""
+    parsed = datasets.read_file(Path(path))
+    return parsed.columns, datasets.normalize(parsed, fmt, json.loads(mapping_json))
+
+
+@st.cache_resource(show_spinner=False)
+def tokenizer_for(model_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def tokenizer_choice(key: str):
+    """A select box of available models; returns (model row, tokenizer) or (None, None)."""
+    available = [m for m in models.list_models() if m.status == "available"]
+    if not available:
+        st.info("Add or create a model to see rows as a model's tokenizer renders them.")
+        return None, None
+    by_id = {m.id: m for m in available}
+    chosen = st.selectbox("Tokenizer of", list(by_id), format_func=lambda i: by_id[i].name, key=key)
+    row = by_id[chosen]
+    return row, tokenizer_for(str(data_home() / row.path))
+
+
+def rendered_example(fmt: str, row: dict, tokenizer) -> None:
+    """One row exactly as training feeds it: grey = prompt (no loss), green = learned."""
+    if fmt not in SFT_FORMATS:
+        st.caption(f"{fmt} data is used by alignment jobs, not by supervised fine-tuning.")
+        st.json(row)
+        return
+    parts = []
+    for text, trained in render_segments(fmt, row, tokenizer):
+        style = "background:#1f3d2b;color:#d2f5dc" if trained else "color:#9aa4b2"
+        parts.append(f'<span style="{style}">{html.escape(text)}</span>')
+    st.html(
+        '<pre style="white-space:pre-wrap;font-size:0.85rem;padding:0.6rem;border:1px solid #333;border-radius:6px">'
+        + "".join(parts)
+        + "</pre>"
+    )
+    st.caption("Grey: the prompt, no loss. Green: what the model learns to write (special tokens shown as they are).")
+
+
+def problems_table(norm: datasets.Normalized) -> None:
+    if not norm.problems:
+        st.success(f"All {len(norm.rows)} rows are valid ({norm.format}).")
+        return
+    st.error(f"{len(norm.problems)} bad row(s); {len(norm.rows)} good.")
+    st.dataframe(
+        pd.DataFrame([{"line": p.line, "problem": p.message} for p in norm.problems[:500]]),
+        hide_index=True,
+        width="stretch",
+        key="problems_table",
+    )
+
+
+def details(d: dict) -> None:
+    det = d["details"]
+    tokens = det.get("tokens") or {}
+    cols = st.columns(5)
+    cols[0].metric("Format", d["format"])
+    cols[1].metric("Rows", d["num_rows"])
+    cols[2].metric("Train / validation", " / ".join(str(v) for v in det.get("splits", {}).values()) or "-")
+    cols[3].metric("Tokens", human_count(tokens.get("total")))
+    cols[4].metric("p95 length", tokens.get("p95", "-"))
+    st.caption(
+        f"Fingerprint `{d['fingerprint']}` · from `{det.get('source_file', d['origin'])}` · columns: "
+        + ", ".join(f"{k} ← {v}" for k, v in det.get("mapping", {}).items())
+    )
+    if det.get("dropped"):
+        with st.expander(f"{len(det['dropped'])} row(s) dropped on import"):
+            st.dataframe(pd.DataFrame(det["dropped"]), hide_index=True, key=f"dropped_{d['id']}")
+    lengths_file = Path(d["path"]) / "token_lengths.json" if d["path"] else None
+    if lengths_file and lengths_file.exists():
+        st.markdown(f"**Tokens per example** (tokenizer of `{tokens.get('tokenizer_model')}`)")
+        st.plotly_chart(charts.token_length_histogram(json.loads(lengths_file.read_text())), key=f"hist_{d['id']}")
