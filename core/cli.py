@@ -10,6 +10,10 @@
     python -m core data import PATH --name NAME [--format F] [--map FIELD=COLUMN] [--drop-bad-rows] [--wait]
     python -m core data list|show [--json]
     python -m core data delete DATASET --yes
+    python -m core train SPEC.yaml [--wait]
+    python -m core train resume JOB_ID [--wait]
+    python -m core models merge ADAPTER --name NAME [--wait]
+    python -m core jobs pause ID [--wait]
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
     python -m core jobs cancel ID [--wait]
@@ -238,6 +242,68 @@ def data_delete(args) -> int:
     return 0
 
 
+# --- training -------------------------------------------------------------------------
+
+
+def load_spec_file(path: str) -> Any:
+    """A job spec from a YAML (or JSON) file; `kind` selects the job."""
+    import yaml
+
+    from core.specs import spec_from_dict
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of fields (kind: sft, model: ..., ...)")
+    data.setdefault("kind", "sft")
+    try:
+        return spec_from_dict(data)
+    except SpecError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f"{path}: {str(exc).split('__init__() ')[-1]}") from None
+
+
+def train(args) -> int:
+    if args.spec == "resume":
+        if not args.job:
+            raise ValueError("usage: python -m core train resume JOB_ID [--wait]")
+        from core.train_jobs import resume
+
+        job_id = resume(int(args.job))
+        print(f"resuming job {args.job}: job {job_id}", file=sys.stderr)
+        if args.wait:
+            code = _wait_and_report(job_id)
+            print(job_id)
+            return code
+        print(job_id)
+        return 0
+    return _submit(load_spec_file(args.spec), args.wait)
+
+
+def models_merge(args) -> int:
+    from core.specs import MergeAdapterSpec
+
+    return _submit(MergeAdapterSpec(model=args.model, output_name=args.name), args.wait)
+
+
+def jobs_pause(args) -> int:
+    jobs.refresh()
+    print(f"job {args.id}: {jobs.cancel(args.id, mode='pause')}")
+    if args.wait:
+        job = jobs.wait(args.id)
+        print(f"job {args.id} {job.status}: {job.error or ''}")
+    return 0
+
+
 # --- jobs ---------------------------------------------------------------------------
 
 
@@ -345,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--revision")
     c.add_argument("--wait", action="store_true")
     c.set_defaults(func=models_import)
+    c = m.add_parser("merge", help="fold a LoRA adapter into its base model")
+    c.add_argument("model", help="the adapter: id or name")
+    c.add_argument("--name", required=True, help="name of the merged model")
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=models_merge)
     c = m.add_parser("rename", help="rename a model")
     c.add_argument("model")
     c.add_argument("new_name")
@@ -378,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true")
     c.set_defaults(func=data_delete)
 
+    t = nouns.add_parser("train", help="run a training spec file, or resume a paused run")
+    t.add_argument("spec", help="a YAML spec file (kind: sft, model, dataset, method, output_name, ...) or 'resume'")
+    t.add_argument("job", nargs="?", help="with 'resume': the job to continue")
+    t.add_argument("--wait", action="store_true")
+    t.set_defaults(func=train)
+
     j = nouns.add_parser("jobs", help="watch and control jobs").add_subparsers(dest="verb", required=True)
     c = j.add_parser("list")
     c.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
@@ -391,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("id", type=int)
     c.add_argument("--wait", action="store_true")
     c.set_defaults(func=jobs_cancel)
+    c = j.add_parser("pause", help="stop a training job with a checkpoint (resume: python -m core train resume ID)")
+    c.add_argument("id", type=int)
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=jobs_pause)
     c = j.add_parser("logs")
     c.add_argument("id", type=int)
     c.add_argument("--lines", type=int, default=200)
@@ -408,5 +489,6 @@ def main(argv: list[str]) -> int:
     try:
         return func(args)
     except (SpecError, models.ModelError, datasets.DatasetError, jobs.JobNotFound, ValueError) as exc:
+        # BadInput (core.run) is a ValueError too: a resume that cannot be done
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ LLMDEV_HOME                  data home (default ./workspace)
 DATABASE_URL                 PostgreSQL instead of SQLite under the data home
 LLMDEV_MAX_CONCURRENT_JOBS   jobs running at once (default 1)
 LLMDEV_CANCEL_GRACE_S        seconds a cancelled job gets before SIGKILL (default 20)
+LLMDEV_PAUSE_GRACE_S         seconds a paused job gets to write its checkpoint (default 300)
 LLMDEV_AUTO_STARTER          convert the starter model on first launch (default 1)
 """
 
@@ -26,6 +27,7 @@ SECRET_KEYS = (
     "DATABASE_URL",
     "LLMDEV_MAX_CONCURRENT_JOBS",
     "LLMDEV_CANCEL_GRACE_S",
+    "LLMDEV_PAUSE_GRACE_S",
     "LLMDEV_AUTO_STARTER",
 )
 
@@ -49,6 +51,11 @@ def max_concurrent_jobs() -> int:
 
 def cancel_grace_s() -> float:
     return _number("LLMDEV_CANCEL_GRACE_S", 20.0, 0)
+
+
+def pause_grace_s() -> float:
+    """A pause saves a checkpoint before it stops: it may take longer than a cancel."""
+    return max(cancel_grace_s(), _number("LLMDEV_PAUSE_GRACE_S", 300.0, 0))
 
 
 def check() -> None:

@@ -67,6 +67,7 @@ def submit(spec: Any, *, start: bool = True) -> int:
                 spec=spec_to_dict(spec),
                 model_ids=model_ids,
                 dataset_ids=dataset_ids,
+                resumed_from=getattr(spec, "resume_from_job", 0) or None,
                 status="queued",
                 progress_step=0,
                 progress_message="queued",
@@ -235,10 +236,13 @@ def _kill(pid: Optional[int], sig: int) -> None:
         pass
 
 
-def cancel(job_id: int) -> str:
+def cancel(job_id: int, mode: str = "cancel") -> str:
     """Ask a job to stop. A queued job ends at once; a running one gets SIGTERM
     (a graceful stop; its worker kills it after the grace period) and SIGKILL on
-    a second cancel. Returns what happened, in words."""
+    a second cancel. mode="pause" asks a training job to write a checkpoint
+    first, so it can be resumed. Returns what happened, in words."""
+    if mode not in ("cancel", "pause"):
+        raise ValueError(f"mode {mode!r}: use cancel or pause")
     job = get(job_id)
     if job.status == "queued":
         if _finish(job_id, "cancelled", error="cancelled before it started", only_from=("queued",)):
@@ -257,10 +261,14 @@ def cancel(job_id: int) -> str:
         asked = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
-            .values(cancel_requested_at=utcnow(), progress_message="cancelling")
+            .values(
+                cancel_requested_at=utcnow(),
+                stop_mode=mode,
+                progress_message="pausing: writing a checkpoint" if mode == "pause" else "cancelling",
+            )
         ).rowcount
         if asked:
-            s.add(Event(message=f"Cancel requested for job {job_id}", job_id=job_id))
+            s.add(Event(message=f"{'Pause' if mode == 'pause' else 'Cancel'} requested for job {job_id}", job_id=job_id))
     if not asked:
         return f"already {get(job_id).status}"
     if local:
@@ -358,6 +366,22 @@ def metrics(job_id: int) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def metrics_with_history(job_id: int) -> dict[str, list[tuple[int, float]]]:
+    """A job's metrics preceded by those of the runs it resumed, up to where it
+    took over: the loss curve continues across a pause."""
+    series = metrics(job_id)
+    job = get(job_id)
+    seen = {job_id}
+    while job.resumed_from and job.resumed_from not in seen:
+        seen.add(job.resumed_from)
+        start = min((p[0] for pts in series.values() for p in pts), default=None)
+        for name, pts in metrics(job.resumed_from).items():
+            earlier = [p for p in pts if start is None or p[0] < start]
+            series[name] = earlier + series.get(name, [])
+        job = get(job.resumed_from)
+    return series
+
+
 def recent_events(limit: int = 15) -> list[Event]:
     with session() as s:
         return list(s.scalars(select(Event).order_by(Event.id.desc()).limit(limit)).all())
@@ -423,6 +447,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "dataset_ids": job.dataset_ids,
         "result": job.result,
         "resumed_from": job.resumed_from,
+        "stop_mode": job.stop_mode,
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

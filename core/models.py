@@ -25,9 +25,17 @@ OUTPUT_SOURCES = {
         "hub" if spec.source_kind() == "hub" else "local",
         spec.source if spec.source_kind() == "hub" else str(spec.local_path()),
     ),
+    "sft": lambda spec: ("trained" if spec.method == "full" else "adapter", f"SFT ({spec.method}) on {spec.dataset}"),
+    "merge_adapter": lambda spec: ("trained", f"merge of adapter {spec.model}"),
 }
 # What an active job of a kind means for the models it uses.
-BUSY_STATUS = {"create_model": "creating", "add_starter": "creating", "import_model": "creating"}
+BUSY_STATUS = {
+    "create_model": "creating",
+    "add_starter": "creating",
+    "import_model": "creating",
+    "sft": "training",
+    "merge_adapter": "exporting",
+}
 
 
 class ModelError(ValueError):
@@ -67,11 +75,12 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
     source_of = OUTPUT_SOURCES.get(spec.kind)
     if source_of is None:
         return []
-    _drop_failed_namesake(s, spec.name)
-    if _name_taken(s, spec.name):
-        raise SpecError("name", f"a model named {spec.name!r} already exists: choose another name")
+    name, field_name = (spec.output_name, "output_name") if hasattr(spec, "output_name") else (spec.name, "name")
+    _drop_failed_namesake(s, name)
+    if _name_taken(s, name):
+        raise SpecError(field_name, f"a model named {name!r} already exists: choose another name")
     source, origin = source_of(spec)
-    row = Model(name=spec.name, source=source, origin=origin, status="creating", details={})
+    row = Model(name=name, source=source, origin=origin, status="creating", details={})
     s.add(row)
     s.flush()
     return [row.id]
@@ -178,6 +187,10 @@ def active_jobs_using(model_id: int) -> list[Job]:
 
 def display_status(row: Model, active: Optional[list[Job]] = None) -> str:
     """available | creating | training | exporting | error (what a user reads)."""
+    if row.status == "creating":
+        for job in active if active is not None else active_jobs_using(row.id):
+            if row.id in (job.model_ids or []) and job.kind == "sft":
+                return "training"
     if row.status != "available":
         return row.status
     for job in active if active is not None else active_jobs_using(row.id):

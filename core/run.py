@@ -15,7 +15,12 @@ from typing import Any, Optional
 
 
 class Cancelled(Exception):
-    """The job was asked to stop (SIGTERM or a cancel request)."""
+    """The job stopped because it was asked to (SIGTERM or a cancel request).
+    `result` says what it left behind (a paused training run: its checkpoint)."""
+
+    def __init__(self, message: str = "cancelled", result: Optional[dict] = None):
+        super().__init__(message)
+        self.message, self.result = message, result
 
 
 class BadInput(ValueError):
@@ -39,6 +44,12 @@ class Run:
     @property
     def output_model_id(self) -> int:
         return self.model_ids[0]
+
+    def stop_mode(self) -> str:
+        """"pause" (stop with a checkpoint) or "cancel" (stop, keep nothing)."""
+        from core import jobs
+
+        return jobs.get(self.job_id).stop_mode or "cancel"
 
     def check_cancel(self) -> None:
         """Raise Cancelled if a stop was asked for; call it between steps."""

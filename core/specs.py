@@ -280,8 +280,146 @@ class ImportDatasetSpec:
         return " ".join(parts)
 
 
+# Sensible starting points; "quick" trains the starter visibly in minutes on a CPU.
+SFT_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(max_steps=60, batch_size=4, learning_rate=2e-4, max_length=256, eval_steps=20, save_steps=20),
+    "standard": dict(max_steps=0, epochs=2.0, batch_size=8, learning_rate=1e-4, max_length=1024, eval_steps=100, save_steps=100),
+}
+
+
+@dataclass
+class SFTSpec:
+    """Supervised fine-tuning of a registered model on a registered data set (TRL SFTTrainer)."""
+
+    kind: ClassVar[str] = "sft"
+
+    model: str
+    """Base model: name or id."""
+    dataset: str
+    """Data set (text, instruction or chat): name or id."""
+    output_name: str
+    """Name of the new model (an adapter for lora/qlora, a full model for full)."""
+    method: Literal["full", "lora", "qlora"] = "lora"
+    """full fine-tuning, LoRA, or QLoRA (4-bit NF4 base + LoRA)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: train for `epochs`)."""
+    epochs: float = 1.0
+    """Passes over the training split (when max_steps is 0)."""
+    learning_rate: float = 0.0
+    """Peak learning rate (0: 2e-4 for LoRA/QLoRA, 2e-5 for full)."""
+    batch_size: int = 4
+    """Examples per device per step."""
+    grad_accum: int = 1
+    """Gradient accumulation steps (effective batch = batch_size x grad_accum)."""
+    max_length: int = 512
+    """Examples are truncated to this many tokens."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling (alpha / r multiplies the update)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    lora_targets: str = "all-linear"
+    """Modules LoRA adapts: "all-linear" or a comma-separated list like "q_proj,v_proj"."""
+    eval_steps: int = 0
+    """Evaluate on the validation split every N steps (0: only at the end)."""
+    save_steps: int = 50
+    """Write a resumable checkpoint every N steps."""
+    seed: int = 0
+    """Seed for data order, dropout and LoRA init."""
+    packing: bool = False
+    """Pack several short examples into one sequence (faster on short data)."""
+    completion_only: bool = True
+    """Loss on the answer only (instruction and chat data); off = loss on the whole text."""
+    resume_from_job: int = 0
+    """Continue the run of this job from its latest checkpoint (set by `train resume`)."""
+
+    def __post_init__(self) -> None:
+        self.output_name = check_model_name(self.output_name, "output_name")
+        if not str(self.model).strip():
+            raise SpecError("model", "give a base model (name or id)")
+        if not str(self.dataset).strip():
+            raise SpecError("dataset", "give a data set (name or id)")
+        if self.method not in ("full", "lora", "qlora"):
+            raise SpecError("method", f"{self.method!r} is not one of full, lora, qlora")
+        if self.scheduler not in ("linear", "cosine", "constant", "constant_with_warmup"):
+            raise SpecError("scheduler", f"{self.scheduler!r} is not one of linear, cosine, constant, constant_with_warmup")
+        for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 16), ("lora_r", 1), ("lora_alpha", 1), ("save_steps", 1)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
+                raise SpecError(name, f"{getattr(self, name)!r}: use a whole number of at least {low}")
+        for name in ("max_steps", "warmup_steps", "eval_steps", "seed", "resume_from_job"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise SpecError(name, f"{getattr(self, name)!r}: use a whole number, 0 or more")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise SpecError("epochs", "give epochs > 0 or max_steps")
+        if self.learning_rate < 0 or self.learning_rate > 1:
+            raise SpecError("learning_rate", f"{self.learning_rate} is out of range (0 = the method's default)")
+        if not 0 <= self.lora_dropout < 1:
+            raise SpecError("lora_dropout", f"{self.lora_dropout} must be in [0, 1)")
+        if self.method == "qlora":
+            from core.hardware import qlora_unavailable
+
+            why = qlora_unavailable()
+            if why:
+                raise SpecError("method", f"QLoRA cannot run on this machine: {why}. Use lora instead.")
+
+    def lr(self) -> float:
+        return self.learning_rate or (2e-5 if self.method == "full" else 2e-4)
+
+    def title(self) -> str:
+        resumed = f" (resuming job {self.resume_from_job})" if self.resume_from_job else ""
+        return f"SFT {self.method} of '{self.model}' on '{self.dataset}' -> '{self.output_name}'{resumed}"
+
+    def to_yaml(self) -> str:
+        """The spec file that replays this run with `python -m core train FILE`."""
+        import yaml
+
+        data: dict[str, Any] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.name in ("model", "dataset", "output_name", "method") or value != default:
+                data[f.name] = value
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def cli(self) -> str:
+        if self.resume_from_job:
+            return f"python -m core train resume {self.resume_from_job}"
+        return "python -m core train spec.yaml  # spec.yaml: the YAML shown with this run"
+
+
+@dataclass
+class MergeAdapterSpec:
+    """Fold a LoRA adapter into its base model: a plain full model."""
+
+    kind: ClassVar[str] = "merge_adapter"
+
+    model: str
+    """The adapter: name or id."""
+    output_name: str
+    """Name of the merged model."""
+
+    def __post_init__(self) -> None:
+        self.output_name = check_model_name(self.output_name, "output_name")
+        if not str(self.model).strip():
+            raise SpecError("model", "give the adapter to merge (name or id)")
+
+    def title(self) -> str:
+        return f"Merge adapter '{self.model}' into its base -> '{self.output_name}'"
+
+    def cli(self) -> str:
+        return f"python -m core models merge {_quote(str(self.model))} --name {_quote(self.output_name)}"
+
+
 SPECS: dict[str, type] = {
-    s.kind: s for s in (CreateModelSpec, AddStarterSpec, ImportModelSpec, ImportDatasetSpec)
+    s.kind: s
+    for s in (CreateModelSpec, AddStarterSpec, ImportModelSpec, ImportDatasetSpec, SFTSpec, MergeAdapterSpec)
 }
 
 

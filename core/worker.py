@@ -32,6 +32,8 @@ RUNNERS: dict[str, str] = {
     "add_starter": "core.model_jobs:run_add_starter",
     "import_model": "core.model_jobs:run_import_model",
     "import_dataset": "core.data_jobs:run_import_dataset",
+    "sft": "core.train_jobs:run_sft",
+    "merge_adapter": "core.train_jobs:run_merge_adapter",
 }
 SIGNAL_NAMES = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT"}
 
@@ -82,9 +84,9 @@ def run_job(job_id: int) -> int:
         run.check_cancel()
         result = runner(spec, run) or {}
         status, error_class, error = "succeeded", None, None
-    except Cancelled:
-        status, error_class, error = "cancelled", None, "cancelled"
-        print("cancelled: stopped cleanly", flush=True)
+    except Cancelled as exc:
+        status, error_class, error, result = "cancelled", None, exc.message, exc.result
+        print(f"{exc.message}: stopped cleanly", flush=True)
     except BaseException as exc:
         traceback.print_exc()
         sys.stderr.flush()
@@ -153,7 +155,7 @@ def supervise(job_id: int) -> int:
 
     # Same process group: a cancel's killpg reaches both processes.
     child = subprocess.Popen([sys.executable, "-m", "core.worker", str(job_id), "--run"], stdin=subprocess.DEVNULL)
-    grace = config.cancel_grace_s()
+    killed = False
     next_beat = 0.0
     while True:
         try:
@@ -162,9 +164,13 @@ def supervise(job_id: int) -> int:
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
-        if cancel_at and now - cancel_at[0] > grace:
-            print(f"did not stop within {grace:g} s of the cancel: killing it", flush=True)
-            child.kill()
+        if cancel_at and not killed:
+            # a pause writes a checkpoint first: it gets longer
+            grace = config.pause_grace_s() if jobs.get(job_id).stop_mode == "pause" else config.cancel_grace_s()
+            if now - cancel_at[0] > grace:
+                print(f"did not stop within {grace:g} s of the cancel: killing it", flush=True)
+                child.kill()
+                killed = True
         if now >= next_beat:
             next_beat = now + config.HEARTBEAT_S
             try:

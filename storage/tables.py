@@ -124,6 +124,8 @@ class Job(Base):
     cancel_requested_at: Mapped[Optional[datetime]] = mapped_column(
         UTCDateTime(), nullable=True
     )
+    # how a stop was asked for: "cancel" (no checkpoint) or "pause" (checkpoint, resumable)
+    stop_mode: Mapped[Optional[str]] = mapped_column(String(10), nullable=True)
     resumed_from: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     # what the job produced, e.g. {"model_id": 3}
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,181 @@
+"""Supervised fine-tuning end to end on the tiny scratch model: full, LoRA,
+QLoRA; pause and resume; merge; the YAML command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import wait_for
+from core import datasets, jobs, models
+from core.hardware import qlora_unavailable
+from core.specs import CreateModelSpec, ImportDatasetSpec, MergeAdapterSpec, SFTSpec, SpecError
+
+FACTS = [
+    ("What colour is the sky on a clear day?", "Blue."),
+    ("What do bees make?", "Honey."),
+    ("How many legs does a spider have?", "Eight."),
+    ("What is frozen water called?", "Ice."),
+    ("Which planet do we live on?", "Earth."),
+    ("What do cows drink?", "Water."),
+]
+
+
+@pytest.fixture
+def tiny(home, tmp_path):
+    """A tiny llama model and a small memorisable instruction set."""
+    base = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
+    assert base.status == "succeeded"
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 4))
+    data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="facts", validation_fraction=0.25)), timeout_s=120)
+    assert data.status == "succeeded", data.log_tail
+    return models.find("base")
+
+
+def train(**overrides) -> "jobs.Job":
+    args = dict(model="base", dataset="facts", output_name="out", max_steps=40, batch_size=4, save_steps=20, eval_steps=20)
+    args.update(overrides)
+    job = jobs.wait(jobs.submit(SFTSpec(**args)), timeout_s=300)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    return job
+
+
+def loss_fell(job_id: int) -> tuple[float, float]:
+    losses = [v for _, v in jobs.metrics(job_id)["train_loss"]]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    return first, last
+
+
+METHODS = ["full", "lora", "qlora"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_learns_and_registers_its_output(tiny, home, method):
+    if method == "qlora" and qlora_unavailable():
+        with pytest.raises(SpecError, match="method: QLoRA cannot run on this machine"):
+            SFTSpec(model="base", dataset="facts", output_name="out", method="qlora")
+        return
+    # LoRA on a random 64-wide model cannot move the (tied) output embedding:
+    # it learns, but more slowly than full fine-tuning
+    lr, steps = (2e-2, 40) if method == "full" else (5e-2, 80)
+    job = train(method=method, learning_rate=lr, max_steps=steps, output_name=f"out-{method}")
+    series = jobs.metrics(job.id)
+    assert len(series["train_loss"]) == steps
+    assert {"learning_rate", "grad_norm", "eval_loss", "tokens_per_s", "peak_memory_mb"} <= set(series)
+    first, last = loss_fell(job.id)
+    assert (last < 0.6 * first) if method == "full" else (last < first - 0.3), (first, last)
+
+    out = models.get(job.result["model_id"])
+    assert out.parent_id == tiny.id and out.status == "available"
+    assert out.source == ("trained" if method == "full" else "adapter")
+    assert out.details["dataset_fingerprint"] == datasets.find("facts").fingerprint
+    assert out.details["spec"]["method"] == method
+    assert models.lineage(out)[0].startswith("base (scratch")
+    folder = home / out.path
+    assert (folder / "README.md").read_text().startswith(f"# out-{method}")
+    run = jobs.run_dir(job.id)
+    assert {"training_args.json", "spec.yaml", "environment.json"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "environment.json").read_text())["packages"]["trl"] == "1.12.0"
+
+    probe = json.loads((run / "probe.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(home / tiny.path)
+    if method == "full":
+        trained = AutoModelForCausalLM.from_pretrained(folder)
+        changed = [n for n, p in trained.named_parameters() if not torch.equal(p, base.state_dict()[n])]
+        assert len(changed) > 10
+    else:
+        adapter = load_file(folder / "adapter_model.safetensors")
+        assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+        trained = PeftModel.from_pretrained(base, folder)  # plain peft, as a user would
+    trained.eval()
+    with torch.no_grad():
+        logits = trained(input_ids=torch.tensor(probe["input_ids"])).logits[0, -1, :16]
+    # QLoRA trained on a 4-bit base; the reload puts the adapter on the full-precision base
+    tolerance = 0.5 if method == "qlora" else 1e-4
+    assert torch.allclose(logits, torch.tensor(probe["logits"]), atol=tolerance)
+
+
+def test_pause_then_resume_continues_the_curve(tiny, monkeypatch):
+    job_id = jobs.submit(SFTSpec(model="base", dataset="facts", output_name="paused", method="lora", learning_rate=1e-2, max_steps=3000, save_steps=1000, eval_steps=0))
+    wait_for(lambda: jobs.get(job_id).progress_step >= 20, 120, what="training to get going")
+    assert jobs.cancel(job_id, mode="pause") == "stopping"
+    paused = jobs.wait(job_id, timeout_s=120)
+    assert paused.status == "cancelled" and paused.error.startswith("paused at step")
+    step = paused.result["step"]
+    assert paused.result["checkpoint"].endswith(f"checkpoint-{step}")
+    assert models.list_models()[-1].name == "base"  # the unfinished output is not registered
+
+    from core.train_jobs import resume
+
+    new_id = resume(job_id)
+    wait_for(lambda: len(jobs.metrics(new_id).get("train_loss", [])) >= 3, 120, what="the resumed run to log")
+    jobs.cancel(new_id)
+    jobs.wait(new_id, timeout_s=120)
+    assert jobs.get(new_id).resumed_from == job_id
+    before = jobs.metrics(job_id)["train_loss"]
+    after = jobs.metrics(new_id)["train_loss"]
+    assert after[0][0] == step + 1  # starts at the saved step
+    assert abs(after[0][1] - before[-1][1]) < 0.25 * before[-1][1]
+    history = jobs.metrics_with_history(new_id)["train_loss"]
+    assert [s for s, _ in history] == sorted(s for s, _ in history) and history[0][0] == 1
+
+
+def test_merge_adapter_gives_the_same_logits(tiny, home):
+    job = train(method="lora", learning_rate=2e-2, output_name="adapter", max_steps=10)
+    merged_job = jobs.wait(jobs.submit(MergeAdapterSpec(model="adapter", output_name="merged")), timeout_s=120)
+    assert merged_job.status == "succeeded", merged_job.log_tail
+    merged = models.find("merged")
+    assert merged.source == "trained" and merged.parent_id == models.find("adapter").id
+    ids = torch.tensor([[5, 6, 7, 8]])
+    base = AutoModelForCausalLM.from_pretrained(home / tiny.path)
+    with_adapter = PeftModel.from_pretrained(base, home / models.find("adapter").path).eval()
+    plain = AutoModelForCausalLM.from_pretrained(home / merged.path).eval()
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(ids).logits, plain(ids).logits, atol=1e-4)
+    assert "LoRA" not in json.dumps(merged.details)
+
+
+def test_bad_training_specs_are_refused_before_anything_runs(tiny, tmp_path):
+    with pytest.raises(SpecError, match="model: there is no model 'nope'"):
+        jobs.submit(SFTSpec(model="nope", dataset="facts", output_name="x"))
+    with pytest.raises(SpecError, match="method: 'ppo' is not one of"):
+        SFTSpec(model="base", dataset="facts", output_name="x", method="ppo")
+    with pytest.raises(SpecError, match="batch_size: 0"):
+        SFTSpec(model="base", dataset="facts", output_name="x", batch_size=0)
+    pref = tmp_path / "pref.jsonl"
+    pref.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
+    assert jobs.wait(jobs.submit(ImportDatasetSpec(path=str(pref), name="pref")), timeout_s=120).status == "succeeded"
+    with pytest.raises(SpecError, match="dataset: 'pref' is preference data"):
+        jobs.submit(SFTSpec(model="base", dataset="pref", output_name="x"))
+    assert [j.kind for j in jobs.list_jobs()] == ["import_dataset", "import_dataset", "create_model"]
+
+
+def test_yaml_spec_on_the_command_line(tiny, cli, tmp_path):
+    spec = tmp_path / "run.yaml"
+    spec.write_text("kind: sft\nmodel: base\ndataset: facts\nmethod: lora\noutput_name: from-yaml\nmax_steps: 5\n")
+    out = cli("train", str(spec), "--wait")
+    assert out.returncode == 0, out.stderr
+    job = jobs.get(int(out.stdout.strip().splitlines()[-1]))
+    assert job.spec["max_steps"] == 5 and models.find("from-yaml").source == "adapter"
+    # the run folder holds the YAML that replays it
+    replay = (jobs.run_dir(job.id) / "spec.yaml").read_text()
+    assert "output_name: from-yaml" in replay and "max_steps: 5" in replay
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: sft\nmodel: base\ndataset: facts\nmethod: lora\noutput_name: x\nmax_stepz: 5\n")
+    refused = cli("train", str(bad))
+    assert refused.returncode == 2 and "max_stepz: not a field of sft" in refused.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kind: sft\nmodel: [base\n")
+    refused = cli("train", str(broken))
+    assert refused.returncode == 2 and "line 3" in refused.stderr and "not valid YAML" in refused.stderr
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("kind: sft\nmodel: base\n")
+    refused = cli("train", str(missing))
+    assert refused.returncode == 2 and "dataset" in refused.stderr and "output_name" in refused.stderr
