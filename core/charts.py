@@ -44,3 +44,45 @@ def token_length_histogram(lengths: list[int], max_length: int | None = None) ->
         fig.add_vline(x=max_length, line_dash="dash", line_color="#f85149", annotation_text="max length")
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="tokens per example", yaxis_title="examples")
     return fig
+
+
+TRAINING_PANELS = [
+    ("Loss", ("train_loss", "eval_loss")),
+    ("Learning rate", ("learning_rate",)),
+    ("Gradient norm", ("grad_norm",)),
+    ("Tokens / s", ("tokens_per_s",)),
+    ("Peak memory (MB)", ("peak_memory_mb",)),
+    ("Token accuracy", ("token_accuracy", "eval_token_accuracy")),
+]
+
+
+def training_figure(series: dict[str, list[tuple[int, float]]], resumed_at: list[int] | None = None) -> go.Figure:
+    """The training dashboard: one small panel per metric against the step;
+    dotted lines where the run was paused and resumed."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=3, subplot_titles=[title for title, _ in TRAINING_PANELS], horizontal_spacing=0.07, vertical_spacing=0.16)
+    colours = {"train_loss": "#7c9cff", "eval_loss": "#f0883e", "token_accuracy": "#7c9cff", "eval_token_accuracy": "#f0883e"}
+    for i, (_, names) in enumerate(TRAINING_PANELS):
+        row, col = i // 3 + 1, i % 3 + 1
+        for name in names:
+            points = series.get(name) or []
+            if not points:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in points],
+                    y=[p[1] for p in points],
+                    mode="lines+markers" if len(points) < 30 or name.startswith("eval") else "lines",
+                    name=name,
+                    line=dict(color=colours.get(name, "#7c9cff"), width=1.5),
+                    marker=dict(size=4),
+                    showlegend=name in ("train_loss", "eval_loss"),
+                ),
+                row=row,
+                col=col,
+            )
+        for step in resumed_at or []:
+            fig.add_vline(x=step, line_dash="dot", line_color="#9aa4b2", row=row, col=col)
+    fig.update_layout(height=540, margin=dict(l=10, r=10, t=60, b=10), legend=dict(orientation="h", y=1.14, x=0))
+    return fig

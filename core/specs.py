@@ -391,7 +391,7 @@ class SFTSpec:
     def cli(self) -> str:
         if self.resume_from_job:
             return f"python -m core train resume {self.resume_from_job}"
-        return "python -m core train spec.yaml  # spec.yaml: the YAML shown with this run"
+        return "python -m core train spec.yaml"
 
 
 @dataclass

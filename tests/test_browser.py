@@ -137,3 +137,37 @@ def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
     finally:
         stop_server(server)
     assert [m.name for m in models.list_models()] == ["browser-tiny", "from-elsewhere"]
+
+
+def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=90_000)
+    assert jobs.wait(jobs.submit(CreateModelSpec(name="tiny", size="tiny")), timeout_s=120).status == "succeeded"
+    port = free_port()
+    server = start_server(port)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(f"http://127.0.0.1:{port}/Datasets")
+        page.get_by_role("tab", name="Import").click()
+        expect(page.get_by_text("All 334 rows are valid (instruction).")).to_be_visible()
+        page.get_by_role("button", name="Import", exact=True).click()
+        expect(page.get_by_text("Started job 2")).to_be_visible()
+        assert jobs.wait(2, timeout_s=120).status == "succeeded"
+
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Training", exact=True).click()
+        expect(page.get_by_role("heading", name="Fine-tuning")).to_be_visible()
+        page.locator(".st-key-sft_steps_quick input").fill("40")
+        page.locator(".st-key-sft_steps_quick input").press("Enter")
+        page.get_by_role("button", name="Start training").click()
+        expect(page.get_by_text("Started job 3")).to_be_visible()
+        page.get_by_role("tab", name="Runs").click()
+        # the loss chart fills in while the run goes, and the run ends well
+        expect(page.locator('[data-testid="stPlotlyChart"]:visible').first).to_be_visible()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Step").first).to_contain_text("40/40")
+        page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
+    finally:
+        stop_server(server)
+    assert jobs.get(3).status == "succeeded"
+    assert models.find("tiny-lora-sample-instructions").source == "adapter"

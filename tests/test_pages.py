@@ -12,7 +12,7 @@ from conftest import ROOT
 from core import jobs, models
 from core.specs import CreateModelSpec
 
-PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/9_Jobs.py"]
+PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/9_Jobs.py"]
 
 
 @pytest.fixture
@@ -151,3 +151,29 @@ def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
     assert any("1 bad row(s); 1 good." in e.value for e in app.error)
     problems = [d.value for d in app.dataframe if "problem" in d.value.columns]
     assert problems[0].to_dict("records") == [{"line": 2, "problem": "field 'text' is empty"}]
+
+
+def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path):
+    from core.specs import ImportDatasetSpec
+
+    jobs.wait(jobs.submit(CreateModelSpec(name="tiny", size="tiny")), timeout_s=120)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(20)))
+    jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="d")), timeout_s=120)
+    app.run()
+    app.switch_page("pages/3_Training.py").run()
+    no_exceptions(app)
+    yaml_blocks = [c.value for c in app.code if c.value.startswith("kind: sft")]
+    assert yaml_blocks and "model: tiny" in yaml_blocks[0] and "max_steps: 60" in yaml_blocks[0]
+    app.number_input(key="sft_steps_quick").set_value(8).run()
+    app.text_input(key="sft_output").input("from-page").run()
+    app.button(key="sft_start").click().run()
+    no_exceptions(app)
+    assert any("Started job" in s.value for s in app.success)
+    job = jobs.wait(jobs.list_jobs()[0].id, timeout_s=180)
+    assert job.status == "succeeded" and job.spec["max_steps"] == 8, job.log_tail
+    app.run()
+    no_exceptions(app)
+    spec = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert any(trace["name"] == "train_loss" for trace in spec["data"])
+    assert any(b.label == "Merge the adapter into a full model" for b in app.button)

@@ -155,8 +155,10 @@ def job_details(job) -> None:
         st.warning(job.error or "cancelled")
     st.caption("Replay from a terminal:")
     st.code(jobs.cli_command(job), language="bash")
-    series = jobs.metrics(job.id)
-    if series:
+    series = jobs.metrics_with_history(job.id)
+    if series and job.kind == "sft":
+        st.plotly_chart(charts.training_figure(series), key=f"metrics_{job.id}")
+    elif series:
         st.plotly_chart(charts.metrics_figure(series), key=f"metrics_{job.id}")
     if job.status in jobs.ACTIVE:
         again = job.cancel_requested_at is not None

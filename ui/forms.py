@@ -25,7 +25,12 @@ def submit(make_spec: Callable[[], Any]) -> None:
         return
     # kept in the session and shown at the top: the live panel reruns the page
     # as soon as the job starts, which would wipe a message shown only here
-    st.session_state["last_submitted"] = {"job_id": job_id, "title": spec.title(), "cli": spec.cli() + " --wait"}
+    st.session_state["last_submitted"] = {
+        "job_id": job_id,
+        "title": spec.title(),
+        "cli": spec.cli() + " --wait",
+        "yaml": spec.to_yaml() if hasattr(spec, "to_yaml") else None,
+    }
     st.rerun()
 
 
@@ -36,6 +41,9 @@ def last_submitted() -> None:
         return
     st.success(f"Started job {done['job_id']}: {done['title']}. Follow it above or on the **Jobs** page.")
     st.caption("The same from a terminal:")
+    if done.get("yaml"):
+        st.code(done["yaml"], language="yaml")
+        st.caption("saved as spec.yaml, then:")
     st.code(done["cli"], language="bash")
 
 

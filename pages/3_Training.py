@@ -1,0 +1,29 @@
+"""Training: supervised fine-tuning (full, LoRA, QLoRA) with live charts, pause and resume."""
+
+import streamlit as st
+
+from core import jobs
+from ui import common, forms, training
+
+common.setup_page("Training", ":material/model_training:")
+st.title("Fine-tuning")
+common.live_jobs_panel("training")
+forms.last_submitted()
+
+new, runs = st.tabs(["New run", "Runs"])
+
+with new:
+    spec = training.spec_form()
+    if spec is not None and st.button("Start training", type="primary", key="sft_start"):
+        forms.submit(lambda: spec)
+
+with runs:
+    sft_jobs = [j for j in jobs.list_jobs() if j.kind == "sft"]
+    if not sft_jobs:
+        st.info("No training runs yet.")
+    else:
+        by_id = {j.id: j for j in sft_jobs}
+        if st.session_state.get("train_pick") not in by_id:
+            st.session_state["train_pick"] = sft_jobs[0].id
+        chosen = st.selectbox("Run", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="train_pick")
+        training.run_panel(chosen)
