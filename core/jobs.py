@@ -271,9 +271,9 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
             s.add(Event(message=f"{'Pause' if mode == 'pause' else 'Cancel'} requested for job {job_id}", job_id=job_id))
     if not asked:
         return f"already {get(job_id).status}"
-    if local:
+    if local and (job.result or {}).get("processes", 1) == 1:
         _kill(job.pid, signal.SIGTERM)
-    # a worker on another host sees the request in the database within a heartbeat
+    # a DDP job, or a worker on another host, reads the request from the database
     return "stopping"
 
 

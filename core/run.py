@@ -33,7 +33,13 @@ class Run:
     def __init__(self, job_id: int, stop: threading.Event):
         from core import jobs
 
+        import os
+
         self.job_id = job_id
+        # under torchrun only rank 0 reports; the other ranks just train
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.rank == 0
         self.dir: Path = jobs.run_dir(job_id)
         self.stop = stop
         job = jobs.get(job_id)
@@ -44,6 +50,16 @@ class Run:
     @property
     def output_model_id(self) -> int:
         return self.model_ids[0]
+
+    def stop_requested(self) -> Optional[str]:
+        """The stop mode if a stop was asked for (by signal or in the database), else None.
+        Under DDP the ranks get no signal: rank 0 reads the database."""
+        from core import jobs
+
+        if not self.stop.is_set() and self.world_size > 1 and self.is_main:
+            if jobs.get(self.job_id).cancel_requested_at is not None:
+                self.stop.set()
+        return self.stop_mode() if self.stop.is_set() else None
 
     def stop_mode(self) -> str:
         """"pause" (stop with a checkpoint) or "cancel" (stop, keep nothing)."""
@@ -63,6 +79,8 @@ class Run:
         from storage.db import session
         from storage.tables import Job, utcnow
 
+        if not self.is_main:
+            return
         now = time.monotonic()
         if not force and now - self._last_progress < 0.25 and (total is None or step < total):
             return
@@ -81,6 +99,8 @@ class Run:
         from storage.db import session
         from storage.tables import Metric
 
+        if not self.is_main:
+            return
         with session() as s:
             s.add_all(
                 Metric(job_id=self.job_id, step=step, name=name, value=float(value))

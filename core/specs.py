@@ -339,6 +339,9 @@ class SFTSpec:
     """Loss on the answer only (instruction and chat data); off = loss on the whole text."""
     resume_from_job: int = 0
     """Continue the run of this job from its latest checkpoint (set by `train resume`)."""
+    processes: int = 0
+    """Training processes: 0 = one per GPU when there are several (DDP under torchrun),
+    else one; 2+ on a CPU runs DDP with the gloo backend."""
 
     def __post_init__(self) -> None:
         self.output_name = check_model_name(self.output_name, "output_name")
@@ -353,7 +356,7 @@ class SFTSpec:
         for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 16), ("lora_r", 1), ("lora_alpha", 1), ("save_steps", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise SpecError(name, f"{getattr(self, name)!r}: use a whole number of at least {low}")
-        for name in ("max_steps", "warmup_steps", "eval_steps", "seed", "resume_from_job"):
+        for name in ("max_steps", "warmup_steps", "eval_steps", "seed", "resume_from_job", "processes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise SpecError(name, f"{getattr(self, name)!r}: use a whole number, 0 or more")
         if self.max_steps == 0 and not self.epochs > 0:

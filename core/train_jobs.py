@@ -64,9 +64,10 @@ def make_callback(run: Run):
 
         def on_step_end(self, args, state, control, **kw):
             run.progress(state.global_step, state.max_steps, f"step {state.global_step} of {state.max_steps}")
-            if run.stop.is_set() and self.stopped_at is None:
+            mode = _agreed_stop(run.stop_requested() if run.is_main or run.stop.is_set() else None, run.world_size)
+            if mode and self.stopped_at is None:
                 self.stopped_at = state.global_step
-                self.pause = run.stop_mode() == "pause"
+                self.pause = mode == "pause"
                 control.should_training_stop = True
                 control.should_save = self.pause  # the checkpoint a resume starts from
                 control.should_evaluate = False
@@ -87,6 +88,26 @@ def make_callback(run: Run):
             run.metrics(state.global_step, values)
 
     return ProgressCallback()
+
+
+STOP_CODES = {None: 0, "cancel": 1, "pause": 2}
+
+
+def _agreed_stop(mode: Optional[str], world_size: int) -> Optional[str]:
+    """Under DDP every rank must stop at the same step: rank 0 reads the request,
+    all ranks take the strongest one (an all-reduce of a single number)."""
+    if world_size == 1:
+        return mode
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if os.getppid() == 1:  # torchrun is gone (the worker was killed): do not train on alone
+        raise SystemExit("the torchrun launcher is gone; stopping")
+    flag = torch.tensor([STOP_CODES[mode]])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return {0: None, 1: "cancel", 2: "pause"}[int(flag.item())]
 
 
 def _load_base(spec: SFTSpec, path: Path, device: str):
@@ -205,15 +226,19 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         gradient_checkpointing=False,
         use_cpu=device == "cpu",
         dataloader_num_workers=0,
+        ddp_backend="gloo" if device == "cpu" and run.world_size > 1 else None,
+        ddp_find_unused_parameters=False if run.world_size > 1 else None,
     )
     callback = make_callback(run)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=evaluate, processing_class=tokenizer, callbacks=[callback]
     )
-    _write_run_record(run, spec, trainer, base, data_row)
+    if run.is_main:
+        _write_run_record(run, spec, trainer, base, data_row)
     resume = str(_checkpoint_of(spec.resume_from_job)) if spec.resume_from_job else None
     if resume:
         print(f"resuming from {resume}", flush=True)
+    print(f"rank {run.rank} of {run.world_size} training on {device}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
 
     if callback.stopped_at is not None:
@@ -227,7 +252,9 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
     if evaluate is not None and (not evaluated or evaluated[-1] != trainer.state.global_step):
         run.progress(trainer.state.global_step, trainer.state.max_steps, "final evaluation", force=True)
-        trainer.evaluate()  # logged through the callback
+        trainer.evaluate()  # logged through the callback (a collective under DDP: every rank)
+    if not run.is_main:
+        return {}  # rank 0 saves, registers and reports
 
     run.progress(trainer.state.global_step, trainer.state.max_steps, "saving the model", force=True)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -255,7 +282,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     )
     (out_dir / "README.md").write_text(model_card(spec, base, data_row, facts, run.job_id))
     models.publish(out_id, facts)
-    return {"model_id": out_id, "steps": trainer.state.global_step}
+    return {"model_id": out_id, "steps": trainer.state.global_step, "processes": run.world_size}
 
 
 def _last(history: list[dict], key: str) -> Optional[float]:
@@ -279,6 +306,7 @@ def _write_run_record(run: Run, spec: SFTSpec, trainer, base, data_row) -> None:
                 "packages": versions,
                 "python": platform.python_version(),
                 "seed": spec.seed,
+                "world_size": run.world_size,
                 "base_model": {"id": base.id, "name": base.name},
                 "dataset": {"id": data_row.id, "name": data_row.name, "fingerprint": data_row.fingerprint},
             },

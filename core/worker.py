@@ -4,7 +4,7 @@ Started by `core.jobs` as the leader of its own process session, stdout/stderr
 going to runs/<id>/log.txt; it can also be run by hand on a queued job.
 
 It is two processes. This one, the supervisor, imports no torch: it claims the
-job, writes the heartbeat, and starts the job process (`--run`), which loads the
+job, writes the heartbeat, and starts the job process (`--job-process`), which loads the
 spec, runs the job function and records progress, metrics and how it ended.
 The split is what makes a job's end certain: when the job process dies without
 a word (out-of-memory killer, segfault, SIGKILL), the supervisor records it;
@@ -76,6 +76,15 @@ def run_job(job_id: int) -> int:
     from core import jobs
     from core.specs import spec_from_dict
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        # another DDP rank: it trains; rank 0 reports and records the end
+        spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
+        try:
+            _load_runner(spec.kind)(spec, Run(job_id, stop))
+        except Cancelled:
+            pass
+        return 0
+
     status, error_class, error, result = "failed", "crashed", "", None
     try:
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
@@ -122,6 +131,41 @@ def _claim(job_id: int) -> bool:
     return bool(claimed)
 
 
+def _processes(job) -> int:
+    """How many training processes a job gets (DDP when more than one)."""
+    if job.kind != "sft":
+        return 1
+    asked = int((job.spec or {}).get("processes") or 0)
+    if asked:
+        return asked
+    from core.system import machine_info
+
+    return max(1, len(machine_info()["gpus"]))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (torchrun and its ranks)."""
+    import psutil
+
+    try:
+        procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def supervise(job_id: int) -> int:
     from sqlalchemy import select, update
 
@@ -134,7 +178,7 @@ def supervise(job_id: int) -> int:
     def request_stop(*_) -> None:
         if not cancel_at:
             cancel_at.append(time.monotonic())
-            if child is not None and child.poll() is None:
+            if child is not None and child.poll() is None and _processes(job) == 1:
                 child.send_signal(signal.SIGTERM)
 
     child = None
@@ -154,7 +198,16 @@ def supervise(job_id: int) -> int:
         return 1
 
     # Same process group: a cancel's killpg reaches both processes.
-    child = subprocess.Popen([sys.executable, "-m", "core.worker", str(job_id), "--run"], stdin=subprocess.DEVNULL)
+    nproc = _processes(job)
+    command = [sys.executable, "-m", "core.worker", str(job_id), "--job-process"]
+    if nproc > 1:
+        # DDP: torchrun starts one job process per device; they stop together on
+        # a request read from the database (a SIGTERM would make torchrun kill them)
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}", "-m", *command[2:]]
+        with session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(result={"processes": nproc}))
+        print(f"starting {nproc} training processes under torchrun", flush=True)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     killed = False
     next_beat = 0.0
     while True:
@@ -169,7 +222,7 @@ def supervise(job_id: int) -> int:
             grace = config.pause_grace_s() if jobs.get(job_id).stop_mode == "pause" else config.cancel_grace_s()
             if now - cancel_at[0] > grace:
                 print(f"did not stop within {grace:g} s of the cancel: killing it", flush=True)
-                child.kill()
+                _kill_tree(child.pid)
                 killed = True
         if now >= next_beat:
             next_beat = now + config.HEARTBEAT_S
@@ -201,10 +254,10 @@ def supervise(job_id: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not argv[0].isdigit() or argv[1:] not in ([], ["--run"]):
+    if not argv or not argv[0].isdigit() or argv[1:] not in ([], ["--job-process"]):
         print("usage: python -m core.worker JOB_ID", file=sys.stderr)
         return 2
-    if argv[1:] == ["--run"]:
+    if argv[1:] == ["--job-process"]:
         return run_job(int(argv[0]))
     return supervise(int(argv[0]))
 

@@ -170,7 +170,7 @@ def test_validation_failure_writes_nothing(home):
 
 
 def _job_process(supervisor_pid: int) -> int:
-    """The pid of the job process the supervisor started (`core.worker ID --run`)."""
+    """The pid of the job process the supervisor started (`core.worker ID --job-process`)."""
     children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
     return int(wait_for(lambda: children and children[0], 10, what="the job process"))
 

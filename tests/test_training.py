@@ -179,3 +179,31 @@ def test_yaml_spec_on_the_command_line(tiny, cli, tmp_path):
     missing.write_text("kind: sft\nmodel: base\n")
     refused = cli("train", str(missing))
     assert refused.returncode == 2 and "dataset" in refused.stderr and "output_name" in refused.stderr
+
+
+def test_two_processes_train_with_ddp_on_the_cpu(tiny):
+    """The multi-GPU path (torchrun, DDP) for real, with two CPU processes and gloo."""
+    job = train(method="lora", learning_rate=2e-2, output_name="ddp", max_steps=8, processes=2, eval_steps=0)
+    assert job.result["processes"] == 2
+    run = jobs.run_dir(job.id)
+    assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+    assert json.loads((run / "training_args.json").read_text())["ddp_backend"] == "gloo"
+    log = (run / "log.txt").read_text()
+    assert "rank 0 of 2 training" in log and "rank 1 of 2 training" in log
+    assert len(jobs.metrics(job.id)["train_loss"]) == 8  # one writer: rank 0
+    assert models.find("ddp").source == "adapter"
+
+
+def test_ddp_run_pauses_on_all_ranks_and_resumes(tiny):
+    job_id = jobs.submit(SFTSpec(model="base", dataset="facts", output_name="ddp-pause", method="lora", max_steps=3000, save_steps=1000, eval_steps=0, processes=2))
+    wait_for(lambda: jobs.get(job_id).progress_step >= 10, 180, what="DDP training to get going")
+    assert jobs.cancel(job_id, mode="pause") == "stopping"
+    paused = jobs.wait(job_id, timeout_s=120)
+    assert paused.status == "cancelled" and paused.error.startswith("paused at step"), paused.log_tail
+    from core.train_jobs import resume
+
+    new_id = resume(job_id)
+    wait_for(lambda: jobs.metrics(new_id).get("train_loss"), 180, what="the resumed DDP run to log")
+    assert jobs.cancel(new_id) == "stopping"
+    assert jobs.wait(new_id, timeout_s=120).status == "cancelled"
+    assert jobs.metrics(new_id)["train_loss"][0][0] == paused.result["step"] + 1
