@@ -239,7 +239,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     if resume:
         print(f"resuming from {resume}", flush=True)
     print(f"rank {run.rank} of {run.world_size} training on {device}", flush=True)
-    trainer.train(resume_from_checkpoint=resume)
+    output = trainer.train(resume_from_checkpoint=resume)
 
     if callback.stopped_at is not None:
         if callback.pause:
@@ -282,7 +282,15 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     )
     (out_dir / "README.md").write_text(model_card(spec, base, data_row, facts, run.job_id))
     models.publish(out_id, facts)
-    return {"model_id": out_id, "steps": trainer.state.global_step, "processes": run.world_size}
+    return {
+        "model_id": out_id,
+        "steps": trainer.state.global_step,
+        "processes": run.world_size,
+        # throughput of the training loop alone (bench/bench_sft.py compares it with plain TRL)
+        "train_runtime_s": output.metrics.get("train_runtime"),
+        "train_tokens": _last(trainer.state.log_history, "num_tokens"),
+        "peak_memory_mb": peak_memory_mb(),
+    }
 
 
 def _last(history: list[dict], key: str) -> Optional[float]:
