@@ -24,7 +24,10 @@ def pick_tokenizer_model(ref: str = "") -> Optional[Any]:
     """The model whose tokenizer measures a data set: the one asked for, else the
     starter, else the newest available model (None when there is none)."""
     if ref:
-        row = models.find(ref)
+        try:
+            row = models.find(ref)
+        except models.ModelError as exc:
+            raise BadInput(f"tokenizer_model: {exc}") from None
         if row.status != "available":
             raise BadInput(f"tokenizer_model: model '{row.name}' is {row.status}")
         return row

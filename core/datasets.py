@@ -73,9 +73,10 @@ OPTIONAL = {"instruction": ("input", "system"), "prompt": ("answer",)}
 class Problem:
     line: int
     message: str
+    unit: str = "line"  # "record" for JSON arrays and Parquet, whose rows have no line
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+        return f"{self.unit} {self.line}: {self.message}"
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Parsed:
     records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
+    unit: str = "line"
 
 
 @dataclass
@@ -124,7 +126,7 @@ def read_file(path: Path) -> Parsed:
         with open(path, "rb") as fh:
             for n, raw in enumerate(fh, start=1):
                 try:
-                    text = raw.decode("utf-8").rstrip("\r\n")
+                    text = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as exc:
                     parsed.problems.append(Problem(n, f"undecodable bytes (not UTF-8) at column {exc.start + 1}"))
                     continue
@@ -148,6 +150,7 @@ def read_file(path: Path) -> Parsed:
             data = data["data"]
         if not isinstance(data, list):
             raise DatasetError(f"{path.name}: expected a JSON array of objects (or {{\"data\": [...]}})")
+        parsed.unit = "record"
         for n, obj in enumerate(data, start=1):
             _add(parsed, n, obj)
     elif suffix == ".csv":
@@ -157,13 +160,20 @@ def read_file(path: Path) -> Parsed:
         except UnicodeDecodeError as exc:
             line = raw[: exc.start].count(b"\n") + 1
             raise DatasetError(f"{path.name}: line {line}: undecodable bytes (not UTF-8)") from None
+        csv.field_size_limit(MAX_FILE_BYTES)
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
-            for row in reader:
+            reader.fieldnames  # read the header
+            while True:
+                start = reader.line_num + 1  # a quoted field can span lines: report the first
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
                 if None in row:
-                    parsed.problems.append(Problem(reader.line_num, "more fields than the header has columns"))
+                    parsed.problems.append(Problem(start, "more fields than the header has columns"))
                     continue
-                _add(parsed, reader.line_num, dict(row))
+                _add(parsed, start, dict(row))
         except csv.Error as exc:
             raise DatasetError(f"{path.name}: line {reader.line_num}: {exc}") from None
     else:
@@ -173,12 +183,13 @@ def read_file(path: Path) -> Parsed:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DatasetError(f"{path.name}: not a readable Parquet file ({exc})") from None
+        parsed.unit = "record"
         for n, obj in enumerate(table.to_pylist(), start=1):
             _add(parsed, n, obj)
     if len(parsed.records) > MAX_ROWS:
         raise DatasetError(f"{path.name}: {len(parsed.records)} rows is over the {MAX_ROWS} row limit")
     seen: dict[str, None] = {}
-    for _, rec in parsed.records[:1000]:
+    for _, rec in parsed.records:
         seen.update(dict.fromkeys(rec))
     parsed.columns = list(seen)
     return parsed
@@ -188,7 +199,7 @@ def _add(parsed: Parsed, line: int, obj: Any) -> None:
     if isinstance(obj, dict):
         parsed.records.append((line, obj))
     else:
-        parsed.problems.append(Problem(line, f"expected a JSON object, got {type(obj).__name__}"))
+        parsed.problems.append(Problem(line, f"expected a JSON object, got {type(obj).__name__}", parsed.unit))
 
 
 # --- formats ----------------------------------------------------------------------------
@@ -258,6 +269,8 @@ def _messages(value: Any, name: str) -> list[dict[str, str]]:
         raise ValueError("the conversation has no assistant message to learn from")
     if out[-1]["role"] != "assistant":
         raise ValueError("the conversation must end with an assistant message")
+    if not any(m["role"] == "user" for m in out[:-1]):
+        raise ValueError("the conversation needs a user message before the last assistant message")
     return out
 
 
@@ -308,7 +321,7 @@ def normalize(parsed: Parsed, fmt: Optional[str] = None, mapping: Optional[dict[
             rows.append(_row(fmt, rec, mapping))
             lines.append(line)
         except ValueError as exc:
-            problems.append(Problem(line, str(exc)))
+            problems.append(Problem(line, str(exc), parsed.unit))
     problems.sort(key=lambda p: p.line)
     return Normalized(fmt, mapping, rows, lines, problems)
 

@@ -209,7 +209,8 @@ def refresh() -> None:
         if job.cancel_requested_at is not None:
             # the worker kills its own job after the grace period; this is the
             # backstop for a worker that cannot (margin: 10 s)
-            overdue = now - job.cancel_requested_at > timedelta(seconds=config.cancel_grace_s() + 10)
+            grace = config.pause_grace_s() if job.stop_mode == "pause" else config.cancel_grace_s()
+            overdue = now - job.cancel_requested_at > timedelta(seconds=grace + 10)
             if alive and overdue and job.host == HOST:
                 _kill(job.pid, signal.SIGKILL)
                 alive = False

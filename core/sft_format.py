@@ -54,7 +54,7 @@ def render_segments(fmt: str, row: dict[str, Any], tokenizer, completion_only: b
     ex = training_example(fmt, row, tokenizer, completion_only)
     eos = tokenizer.eos_token or ""
     if "text" in ex:
-        return [(ex["text"] + eos, True)]
+        return [(_bos(tokenizer) + ex["text"] + eos, True)]
     if "messages" in ex:
         return [(tokenizer.apply_chat_template(ex["messages"], tokenize=False), True)]
     if isinstance(ex["prompt"], list):
@@ -63,7 +63,15 @@ def render_segments(fmt: str, row: dict[str, Any], tokenizer, completion_only: b
         if not full.startswith(prompt):  # a template that rewrites earlier turns
             return [(full, True)]
         return [(prompt, False), (full[len(prompt):], True)]
-    return [(ex["prompt"], False), (ex["completion"] + eos, True)]
+    return [(_bos(tokenizer) + ex["prompt"], False), (ex["completion"] + eos, True)]
+
+
+def _bos(tokenizer) -> str:
+    """The BOS token when the tokenizer adds one to plain text (as TRL's tokenisation does)."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenizer("a")["input_ids"][:1] == [bos]:
+        return tokenizer.bos_token
+    return ""
 
 
 def token_lengths(fmt: str, rows: list[dict[str, Any]], tokenizer) -> list[int]:
@@ -73,5 +81,5 @@ def token_lengths(fmt: str, rows: list[dict[str, Any]], tokenizer) -> list[int]:
         texts = [r["prompt"] + max(r.get("chosen", ""), r.get("rejected", ""), key=len) for r in rows]
     else:
         texts = ["".join(t for t, _ in render_segments(fmt, r, tokenizer)) for r in rows]
-    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]  # BOS is already in the rendered text
     return [len(ids) for ids in enc]

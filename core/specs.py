@@ -345,6 +345,18 @@ class SFTSpec:
 
     def __post_init__(self) -> None:
         self.output_name = check_model_name(self.output_name, "output_name")
+        # YAML reads 2e-4 (no dot) as text: take numbers however they were written
+        for name in ("epochs", "learning_rate", "weight_decay", "lora_dropout"):
+            value = getattr(self, name)
+            try:
+                setattr(self, name, float(value))
+            except (TypeError, ValueError):
+                raise SpecError(name, f"{value!r} is not a number") from None
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "warmup_steps", "lora_r", "lora_alpha",
+                     "eval_steps", "save_steps", "seed", "resume_from_job", "processes"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().isdigit():
+                setattr(self, name, int(value))
         if not str(self.model).strip():
             raise SpecError("model", "give a base model (name or id)")
         if not str(self.dataset).strip():

@@ -105,7 +105,9 @@ def _agreed_stop(mode: Optional[str], world_size: int) -> Optional[str]:
 
     if os.getppid() == 1:  # torchrun is gone (the worker was killed): do not train on alone
         raise SystemExit("the torchrun launcher is gone; stopping")
-    flag = torch.tensor([STOP_CODES[mode]])
+    # NCCL reduces GPU tensors only; gloo CPU ones
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([STOP_CODES[mode]], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return {0: None, 1: "cancel", 2: "pause"}[int(flag.item())]
 
@@ -127,7 +129,9 @@ def _load_base(spec: SFTSpec, path: Path, device: str):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
         if device == "cuda":
-            kwargs["device_map"] = {"": 0}
+            import os
+
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # each DDP rank its own GPU
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if spec.method == "full":
         return model
@@ -153,11 +157,26 @@ def _load_base(spec: SFTSpec, path: Path, device: str):
 
 
 def _checkpoint_of(job_id: int) -> Path:
-    folder = jobs.run_dir(job_id) / "checkpoints"
-    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if folder.exists() else []
-    if not found:
-        raise BadInput(f"job {job_id} left no checkpoint to resume from")
-    return found[-1]
+    """The latest complete checkpoint of a run, or of the runs it resumed.
+    Complete = trainer_state.json is there (transformers writes it last)."""
+    seen: set[int] = set()
+    current: Optional[int] = job_id
+    while current and current not in seen:
+        seen.add(current)
+        folder = jobs.run_dir(current) / "checkpoints"
+        found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()] if folder.exists() else []
+        if found:
+            return max(found, key=lambda p: int(p.name.split("-")[1]))
+        current = jobs.get(current).resumed_from
+    raise BadInput(f"job {job_id} left no complete checkpoint to resume from")
+
+
+def has_checkpoint(job_id: int) -> bool:
+    try:
+        _checkpoint_of(job_id)
+        return True
+    except BadInput:
+        return False
 
 
 def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
@@ -188,6 +207,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         return split.map(
             lambda row: training_example(fmt, row, tokenizer, spec.completion_only),
             remove_columns=split.column_names,
+            keep_in_memory=True,  # no cache files in the registered data set's folder
         )
 
     train = convert(splits["train"])
@@ -239,6 +259,10 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     if resume:
         print(f"resuming from {resume}", flush=True)
     print(f"rank {run.rank} of {run.world_size} training on {device}", flush=True)
+    if resume:
+        # TRL's token counter is not in the checkpoint: carry it on, so tokens/s and totals continue
+        state = json.loads((Path(resume) / "trainer_state.json").read_text())
+        trainer._total_train_tokens = _last(state.get("log_history", []), "num_tokens") or 0
     output = trainer.train(resume_from_checkpoint=resume)
 
     if callback.stopped_at is not None:
@@ -372,7 +396,7 @@ def model_card(spec: SFTSpec, base, data_row, facts: dict[str, Any], job_id: int
         f"- learning rate {spec.lr()}, batch {spec.batch_size} x {spec.grad_accum}, max length {spec.max_length}, seed {spec.seed}\n"
         + (f"- LoRA r={spec.lora_r}, alpha={spec.lora_alpha}, dropout={spec.lora_dropout}, targets {spec.lora_targets}\n" if spec.method != "full" else "")
         + "\nReproduce with `python -m core train spec.yaml`:\n\n```yaml\n"
-        + spec.to_yaml()
+        + SFTSpec(**{**spec.__dict__, "resume_from_job": 0}).to_yaml()
         + "```\n"
     )
 

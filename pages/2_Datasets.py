@@ -49,7 +49,7 @@ with add:
                 data.rendered_example(norm.format, norm.rows[0], tok)
         default_name = datasets.SAMPLE_FILES.get(path.name, (path.stem, None))[0]
         with st.form("import_dataset"):
-            name = st.text_input("Name", value=default_name, key="data_name")
+            name = st.text_input("Name", value=default_name, key=f"data_name_{path.name}")
             drop = st.checkbox("Drop the bad rows (otherwise the file is refused)", key="data_drop", disabled=not norm.problems)
             val = st.slider("Validation share", 0.0, 0.5, 0.1, 0.05, key="data_val")
             if st.form_submit_button("Import", type="primary"):

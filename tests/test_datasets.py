@@ -171,3 +171,25 @@ def test_preview_matches_the_training_view(home):
         ("### Instruction:\nSay hi\n\n### Response:\n", False),
         ("Hi!<|endoftext|>", True),
     ]
+
+
+def test_line_numbers_of_multiline_csv_and_json_records(tmp_path):
+    path = write(tmp_path, "m.csv", 'prompt,response\n"a\nlong\nprompt",ok\n"p",\n')
+    norm = datasets.normalize(datasets.read_file(path))
+    assert [str(p) for p in norm.problems] == ["line 5: field 'response' is empty"]
+    assert norm.lines == [2]
+    path = write(tmp_path, "r.json", json.dumps([{"text": "a"}, {"text": ""}]))
+    assert str(datasets.normalize(datasets.read_file(path)).problems[0]) == "record 2: field 'text' is empty"
+
+
+def test_columns_seen_anywhere_are_mapped(tmp_path):
+    rows = [{"prompt": f"p{i}", "response": "r"} for i in range(1500)] + [{"prompt": "p", "response": "r", "system": "Be brief."}]
+    path = write(tmp_path, "late.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    norm = datasets.normalize(datasets.read_file(path))
+    assert norm.mapping.get("system") == "system" and norm.rows[-1]["system"] == "Be brief."
+
+
+def test_a_chat_needs_a_user_turn_and_a_bom_is_fine(tmp_path):
+    path = write(tmp_path, "c.jsonl", '\ufeff{"messages": [{"role": "assistant", "content": "hi"}]}\n'.encode("utf-8"))
+    norm = datasets.normalize(datasets.read_file(path), "chat")
+    assert [str(p) for p in norm.problems] == ["line 1: the conversation needs a user message before the last assistant message"]

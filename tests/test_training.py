@@ -122,6 +122,8 @@ def test_pause_then_resume_continues_the_curve(tiny, monkeypatch):
     after = jobs.metrics(new_id)["train_loss"]
     assert after[0][0] == step + 1  # starts at the saved step
     assert abs(after[0][1] - before[-1][1]) < 0.25 * before[-1][1]
+    tokens_before, tokens_after = jobs.metrics(job_id)["num_tokens"], jobs.metrics(new_id)["num_tokens"]
+    assert tokens_after[0][1] > tokens_before[-1][1]  # the token count carries on
     history = jobs.metrics_with_history(new_id)["train_loss"]
     assert [s for s, _ in history] == sorted(s for s, _ in history) and history[0][0] == 1
 
@@ -207,3 +209,17 @@ def test_ddp_run_pauses_on_all_ranks_and_resumes(tiny):
     assert jobs.cancel(new_id) == "stopping"
     assert jobs.wait(new_id, timeout_s=120).status == "cancelled"
     assert jobs.metrics(new_id)["train_loss"][0][0] == paused.result["step"] + 1
+
+
+def test_yaml_numbers_without_a_dot_and_the_card_replays_from_scratch(tiny, cli, tmp_path, home):
+    spec = tmp_path / "run.yaml"
+    spec.write_text("kind: sft\nmodel: base\ndataset: facts\nmethod: lora\noutput_name: sci\nmax_steps: 3\nlearning_rate: 2e-4\n")
+    out = cli("train", str(spec), "--wait")
+    assert out.returncode == 0, out.stderr
+    job = jobs.get(int(out.stdout.strip().splitlines()[-1]))
+    assert job.spec["learning_rate"] == 2e-4
+    assert "resume_from_job" not in (home / models.find("sci").path / "README.md").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: sft\nmodel: base\ndataset: facts\noutput_name: x\nlearning_rate: fast\n")
+    refused = cli("train", str(bad))
+    assert refused.returncode == 2 and "learning_rate: 'fast' is not a number" in refused.stderr

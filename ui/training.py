@@ -34,7 +34,8 @@ def spec_form() -> Optional[SFTSpec]:
         if why:
             st.warning(f"QLoRA cannot run here: {why}. Choose LoRA.")
     c1, c2, c3, c4 = st.columns(4)
-    output_name = c1.text_input("Output name", value=f"{model}-{method}-{dataset}"[:90], key="sft_output")
+    # the key follows the choices: a keyed input would keep a stale default
+    output_name = c1.text_input("Output name", value=f"{model}-{method}-{dataset}"[:90], key=f"sft_output_{model}_{method}_{dataset}")
     max_steps = c2.number_input("Max steps (0 = epochs)", 0, 1_000_000, p.get("max_steps", 0), key=f"sft_steps_{preset}")
     learning_rate = c3.number_input("Learning rate", 0.0, 1.0, p["learning_rate"], format="%.1e", key=f"sft_lr_{preset}")
     batch_size = c4.number_input("Batch size", 1, 1024, p["batch_size"], key=f"sft_bs_{preset}")
@@ -109,10 +110,15 @@ def run_panel(job_id: int) -> None:
 
 def controls(job) -> None:
     c = st.columns(2)
-    if job.status in jobs.ACTIVE:
+    from core.train_jobs import has_checkpoint
+
+    if job.status in jobs.ACTIVE and job.cancel_requested_at is None:
         c[0].button("Pause (checkpoint)", key=f"pause_{job.id}", on_click=_stop, args=(job.id, "pause"))
         c[1].button("Cancel (no checkpoint)", key=f"stop_{job.id}", on_click=_stop, args=(job.id, "cancel"))
-    elif job.status in ("cancelled", "failed") and (jobs.run_dir(job.id) / "checkpoints").exists():
+    elif job.status in jobs.ACTIVE:
+        c[0].caption(f"{'Pausing: writing a checkpoint' if job.stop_mode == 'pause' else 'Stopping'}…")
+        c[1].button("Kill now", key=f"kill_{job.id}", on_click=_stop, args=(job.id, "cancel"), help="no checkpoint")
+    elif job.status in ("cancelled", "failed") and has_checkpoint(job.id):
         c[0].button("Resume from the last checkpoint", key=f"resume_{job.id}", type="primary", on_click=_resume, args=(job.id,))
     out_id = (job.result or {}).get("model_id")
     if job.status == "succeeded" and out_id:
