@@ -164,8 +164,9 @@ def _reap_children() -> None:
                 pass
 
 
-def _pid_alive(pid: Optional[int], job_id: int) -> bool:
-    """True if `pid` is a live (not zombie) worker for this job on this host."""
+def _pid_alive(pid: Optional[int], job_id: int) -> Optional[bool]:
+    """True if `pid` is a live (not zombie) worker for this job on this host;
+    None when the process exists but cannot be identified yet."""
     if not pid:
         return False
     try:
@@ -183,6 +184,10 @@ def _pid_alive(pid: Optional[int], job_id: int) -> bool:
         return False
     except OSError:
         return True
+    if cmdline in ([b""], []):
+        # Just started and still in exec (seen right after Popen returns), or a
+        # kernel thread that reused the pid: cannot tell yet.
+        return None
     # PID reuse: the process must be our worker for this very job.
     return b"core.worker" in cmdline and str(job_id).encode() in cmdline
 
@@ -195,7 +200,10 @@ def _worker_alive(job: Job, now: datetime) -> bool:
         # Claimed but not launched yet (or the launcher died right there).
         started = job.started_at or job.created_at
         return now - started < timedelta(seconds=30)
-    return _pid_alive(job.pid, job.id)
+    alive = _pid_alive(job.pid, job.id)
+    if alive is None:  # unidentifiable for now: trust a recent heartbeat
+        return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
+    return alive
 
 
 def refresh() -> None:
@@ -251,7 +259,7 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
         job = get(job_id)  # it started in the meantime: stop it like a running one
     if job.status in TERMINAL:
         return f"already {job.status}"
-    local = job.host == HOST and _pid_alive(job.pid, job_id)
+    local = job.host == HOST and _pid_alive(job.pid, job_id) is not False
     if job.cancel_requested_at is not None:
         if local:
             _kill(job.pid, signal.SIGKILL)

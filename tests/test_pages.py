@@ -166,7 +166,7 @@ def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path):
     yaml_blocks = [c.value for c in app.code if c.value.startswith("kind: sft")]
     assert yaml_blocks and "model: tiny" in yaml_blocks[0] and "max_steps: 60" in yaml_blocks[0]
     app.number_input(key="sft_steps_quick").set_value(8).run()
-    app.text_input(key="sft_output").input("from-page").run()
+    app.text_input(key="sft_output_tiny_lora_d").input("from-page").run()
     app.button(key="sft_start").click().run()
     no_exceptions(app)
     assert any("Started job" in s.value for s in app.success)
