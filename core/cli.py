@@ -13,6 +13,7 @@
     python -m core train SPEC.yaml [--wait]
     python -m core train resume JOB_ID [--wait]
     python -m core models merge ADAPTER --name NAME [--wait]
+    python -m core generate --model NAME [--max-new-tokens N] [--temperature T] [--seed S] PROMPT
     python -m core jobs pause ID [--wait]
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
@@ -304,6 +305,38 @@ def jobs_pause(args) -> int:
     return 0
 
 
+# --- generation -----------------------------------------------------------------------
+
+
+def generate_cmd(args) -> int:
+    """Stream a reply to the terminal as it is generated."""
+    from core import generate
+
+    row = models.find(args.model)
+    settings = generate.Settings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop=args.stop or [],
+        seed=args.seed,
+    )
+    why = generate.usable(row)
+    if why:
+        raise ValueError(why)
+    model, tokenizer = generate.load(row)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    text = generate.prompt_text(tokenizer, messages, raw=args.raw)
+    stats = generate.Stats()
+    for piece in generate.stream(model, tokenizer, text, settings, stats):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(f"[{stats.prompt_tokens} prompt tokens, {stats.new_tokens} new, {stats.tokens_per_s:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
 # --- jobs ---------------------------------------------------------------------------
 
 
@@ -454,6 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("job", nargs="?", help="with 'resume': the job to continue")
     t.add_argument("--wait", action="store_true")
     t.set_defaults(func=train)
+
+    g = nouns.add_parser("generate", help="stream a model's reply to a prompt")
+    g.add_argument("prompt")
+    g.add_argument("--model", required=True, help="id or name (adapters are put on their base)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--system", help="system prompt")
+    g.add_argument("--raw", action="store_true", help="no chat template: continue the prompt as plain text")
+    g.set_defaults(func=generate_cmd)
 
     j = nouns.add_parser("jobs", help="watch and control jobs").add_subparsers(dest="verb", required=True)
     c = j.add_parser("list")

@@ -185,11 +185,19 @@ def _pid_alive(pid: Optional[int], job_id: int) -> Optional[bool]:
     except OSError:
         return True
     if cmdline in ([b""], []):
-        # Just started and still in exec (seen right after Popen returns), or a
-        # kernel thread that reused the pid: cannot tell yet.
-        return None
+        # An empty cmdline: a process still in exec right after Popen returned
+        # (young: cannot tell yet), or one that is exiting (old: gone).
+        return None if _age_s(stat) < 5 else False
     # PID reuse: the process must be our worker for this very job.
     return b"core.worker" in cmdline and str(job_id).encode() in cmdline
+
+
+def _age_s(stat: str) -> float:
+    """Seconds since the process of this /proc/<pid>/stat line started."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(stat.rsplit(")", 1)[1].split()[19]) / ticks  # field 22: starttime
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - start
 
 
 def _worker_alive(job: Job, now: datetime) -> bool:
