@@ -38,6 +38,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 ERROR_CLASSES = ("bad_input", "out_of_memory", "crashed", "lost")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_TAIL_LINES = 40
+PF_EXITING = 0x4  # /proc/<pid>/stat flags: the process is exiting
 HOST = socket.gethostname()
 
 # Worker processes this process started; polled so they do not linger as zombies.
@@ -177,7 +178,8 @@ def _pid_alive(pid: Optional[int], job_id: int) -> Optional[bool]:
         pass
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" or int(fields[6]) & PF_EXITING:
             return False
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError):
@@ -186,7 +188,7 @@ def _pid_alive(pid: Optional[int], job_id: int) -> Optional[bool]:
         return True
     if cmdline in ([b""], []):
         # An empty cmdline: a process still in exec right after Popen returned
-        # (young: cannot tell yet), or one that is exiting (old: gone).
+        # (young: cannot tell yet), or one being torn down (gone).
         return None if _age_s(stat) < 5 else False
     # PID reuse: the process must be our worker for this very job.
     return b"core.worker" in cmdline and str(job_id).encode() in cmdline

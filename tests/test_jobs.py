@@ -73,7 +73,7 @@ def test_cancel_mid_run_is_graceful(home, backend, monkeypatch):
     job = jobs.wait(job_id, timeout_s=90)
     assert job.status == "cancelled"
     assert "stopped cleanly" in jobs.read_log_tail(job_id)
-    wait_for(lambda: not jobs._pid_alive(job.pid, job_id), 10, what="the worker to exit")
+    wait_for(lambda: jobs._pid_alive(job.pid, job_id) is False, 10, what="the worker to exit")
     # a cancelled creation leaves no model behind, and no files
     assert model_id not in [m.id for m in models.list_models()]
     assert not models.partial_dir(model_id).exists() and not models.model_dir(model_id).exists()
@@ -87,14 +87,14 @@ def test_second_cancel_kills(home, backend, monkeypatch):
     # a second cancel right away does not wait for the graceful stop
     assert jobs.cancel(job_id) in ("killed", "already cancelled")
     assert jobs.get(job_id).status == "cancelled"
-    wait_for(lambda: not jobs._pid_alive(job.pid, job_id), 10, what="the worker to die")
+    wait_for(lambda: jobs._pid_alive(job.pid, job_id) is False, 10, what="the worker to die")
 
 
 def test_sigkilled_worker_is_marked_lost(home, backend):
     job_id = jobs.submit(CreateModelSpec(name="to-lose", arch="gpt2", size="small"))
     job = wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to start")
     os.killpg(job.pid, signal.SIGKILL)
-    wait_for(lambda: not jobs._pid_alive(job.pid, job_id), 10, what="the worker to die")
+    wait_for(lambda: jobs._pid_alive(job.pid, job_id) is False, 10, what="the worker to die")
     jobs.refresh()  # anyone looking notices
     job = jobs.get(job_id)
     assert job.status == "failed" and job.error_class == "lost"
