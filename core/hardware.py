@@ -13,12 +13,6 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 @functools.lru_cache(maxsize=1)
 def qlora_unavailable() -> Optional[str]:
     """None when a 4-bit NF4 layer runs forward and backward here, else why not."""
