@@ -164,14 +164,18 @@ def models_rename(args) -> int:
     return 0
 
 
-def models_delete(args) -> int:
-    row = models.find(args.model)
-    if not args.yes:
-        print(f"this deletes model {row.id} '{row.name}' and its files: add --yes to confirm", file=sys.stderr)
+def _delete(what: str, row: Any, delete: Callable[[int], None], yes: bool) -> int:
+    """Delete a model or a data set, only with --yes."""
+    if not yes:
+        print(f"this deletes {what} {row.id} '{row.name}' and its files: add --yes to confirm", file=sys.stderr)
         return 2
-    models.delete(row.id)
-    print(f"deleted model {row.id} '{row.name}'")
+    delete(row.id)
+    print(f"deleted {what} {row.id} '{row.name}'")
     return 0
+
+
+def models_delete(args) -> int:
+    return _delete("model", models.find(args.model), models.delete, args.yes)
 
 
 # --- data sets ------------------------------------------------------------------------
@@ -234,13 +238,7 @@ def data_show(args) -> int:
 
 
 def data_delete(args) -> int:
-    row = datasets.find(args.dataset)
-    if not args.yes:
-        print(f"this deletes data set {row.id} '{row.name}' and its files: add --yes to confirm", file=sys.stderr)
-        return 2
-    datasets.delete(row.id)
-    print(f"deleted data set {row.id} '{row.name}'")
-    return 0
+    return _delete("data set", datasets.find(args.dataset), datasets.delete, args.yes)
 
 
 # --- training -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from storage.db import data_home, database_url, session  # noqa: F401  (re-exported)
+from storage.db import session
 from storage.tables import Setting
 
 # A job on another host (shared PostgreSQL) is lost when its heartbeat is this old.

@@ -42,6 +42,8 @@ def test_a_model_in_training_or_missing_files_cannot_be_used(tiny, home):
     import shutil
 
     assert generate.usable(tiny) is None
+    queued = jobs.submit(CreateModelSpec(name="not-yet", size="tiny"), start=False)
+    assert generate.usable(models.get(jobs.get(queued).model_ids[0])) == "'not-yet' is creating"
     shutil.rmtree(home / tiny.path)
     assert "missing files" in generate.usable(models.get(tiny.id))
 

@@ -87,8 +87,8 @@ def _jobs_signature() -> tuple:
 
 def live_jobs_panel(key: str = "live") -> None:
     """Running and queued jobs, refreshed on their own (a fragment: the rest of the
-    page reruns only when a job is queued, starts or ends)."""
-    jobs.refresh()
+    page reruns only when a job is queued, starts or ends). setup_page has
+    already refreshed the job states for this run."""
     seen_key = f"{key}_jobs_signature"
     st.session_state[seen_key] = _jobs_signature()
 
