@@ -14,6 +14,12 @@
     python -m core train resume JOB_ID [--wait]
     python -m core models merge ADAPTER --name NAME [--wait]
     python -m core generate --model NAME [--max-new-tokens N] [--temperature T] [--seed S] PROMPT
+    python -m core eval perplexity|generation|judge --model NAME --dataset NAME [--checkpoints] [--wait] [--json]
+    python -m core eval judge ... (--judge-model NAME | --judge-url URL [--judge-api-key KEY]) [--rubric NAME]
+    python -m core eval lm-eval --model NAME --task TASK [--task-dir DIR] [--limit N] [--wait] [--json]
+    python -m core eval results [--json]
+    python -m core eval samples JOB_ID [--step N] [--json]
+    python -m core eval rubric list|show NAME|save NAME --file F [--scale-min 1 --scale-max 5]
     python -m core jobs pause ID [--wait]
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
@@ -335,6 +341,98 @@ def generate_cmd(args) -> int:
     return 0
 
 
+# --- evaluation -----------------------------------------------------------------------
+
+
+def eval_submit(args) -> int:
+    """Start an evaluation; with --wait --json print its result as JSON."""
+    from core import specs
+
+    common = dict(model=args.model, seed=args.seed)
+    if args.what == "lm-eval":
+        spec: Any = specs.EvalLmEvalSpec(**common, tasks=args.task or [], task_dir=args.task_dir or "", limit=args.limit,
+                                         batch_size=args.batch_size or 8)
+    else:
+        common.update(dataset=args.dataset or "", split=args.split, checkpoints=args.checkpoints)
+        if args.max_samples is not None:
+            common["max_samples"] = args.max_samples
+        if args.what == "perplexity":
+            spec = specs.EvalPerplexitySpec(**common, max_length=args.max_length, stride=args.stride)
+        else:
+            gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       batch_size=args.batch_size or 8)
+            if args.what == "generation":
+                spec = specs.EvalGenerationSpec(**common, **gen)
+            else:
+                spec = specs.EvalJudgeSpec(
+                    **common, **gen, judge_model=args.judge_model or "", judge_url=args.judge_url or "",
+                    judge_api_key=args.judge_api_key or "", judge_endpoint_model=args.judge_endpoint_model or "",
+                    rubric=args.rubric,
+                )
+    if not args.json:
+        return _submit(spec, args.wait)
+    job_id = jobs.submit(spec)
+    print(f"{spec.title()}: job {job_id}", file=sys.stderr)
+    if not args.wait:
+        _print_json({"job_id": job_id, "status": "queued"})
+        return 0
+    code = _wait_and_report(job_id)
+    job = jobs.get(job_id)
+    _print_json({"job_id": job_id, "status": job.status, "error": job.error, **(job.result or {})})
+    return code
+
+
+def eval_results(args) -> int:
+    from core import evals
+
+    jobs.refresh()
+    rows = evals.results_rows()
+    if args.json:
+        _print_json(rows)
+        return 0
+    view = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    print(_table(view, ["job", "kind", "model", "dataset", "samples", *evals.metric_names(rows)]))
+    return 0
+
+
+def eval_samples(args) -> int:
+    from core import evals
+
+    jobs.get(args.id)
+    rows = evals.samples(args.id, args.step)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        scores = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["scores"].items())
+        print(f"--- #{r['idx']} [{scores}]\nprompt: {r['prompt'][:300]}")
+        if r["reference"] is not None:
+            print(f"reference: {r['reference'][:300]}")
+        if r["output"] is not None:
+            print(f"output: {r['output'][:300]}")
+        if r["extra"].get("parse_error"):
+            print(f"judge parse failure: {r['extra']['parse_error']}")
+    return 0
+
+
+def eval_rubric(args) -> int:
+    from core import judge
+
+    if args.verb == "list":
+        for r in judge.rubrics():
+            print(f"{r.name}  (scale {r.scale_min}-{r.scale_max})")
+    elif args.verb == "show":
+        r = judge.get_rubric(args.name)
+        print(f"# scale {r.scale_min}-{r.scale_max}\n{r.text}")
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ValueError(f"--file: {args.file} is not a file")
+        judge.save_rubric(args.name, path.read_text(encoding="utf-8"), args.scale_min, args.scale_max)
+        print(f"rubric {args.name!r} saved")
+    return 0
+
+
 # --- jobs ---------------------------------------------------------------------------
 
 
@@ -499,6 +597,63 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--system", help="system prompt")
     g.add_argument("--raw", action="store_true", help="no chat template: continue the prompt as plain text")
     g.set_defaults(func=generate_cmd)
+
+    e = nouns.add_parser("eval", help="evaluate models; results, samples, judge rubrics").add_subparsers(dest="what", required=True)
+    for what, text in (
+        ("perplexity", "perplexity on the text of a data set (sliding window)"),
+        ("generation", "BLEU, chrF, ROUGE, exact match and contains-answer against the references"),
+        ("judge", "a judge model or OpenAI-compatible endpoint grades the answers with a rubric"),
+        ("lm-eval", "lm-evaluation-harness tasks with local data"),
+    ):
+        c = e.add_parser(what, help=text)
+        c.add_argument("--model", required=True, help="id or name (adapters are put on their base)")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--batch-size", type=int)
+        c.add_argument("--wait", action="store_true")
+        c.add_argument("--json", action="store_true", help="with --wait: print the result (metrics) as JSON")
+        if what == "lm-eval":
+            c.add_argument("--task", action="append", help="task name (repeatable); local tasks ship in assets/lm_eval_tasks")
+            c.add_argument("--task-dir", help="a folder of your own task YAML files (local data only)")
+            c.add_argument("--limit", type=int, default=0, help="documents per task (0: all)")
+        else:
+            c.add_argument("--dataset", required=True, help="id or name")
+            c.add_argument("--split", choices=["auto", "validation", "train", "all"], default="auto")
+            c.add_argument("--max-samples", type=int, help="first N rows (0: all)")
+            c.add_argument("--checkpoints", action="store_true", help="also evaluate the training run's checkpoints")
+        if what == "perplexity":
+            c.add_argument("--max-length", type=int, default=0, help="window in tokens (0: model context, max 1024)")
+            c.add_argument("--stride", type=int, default=0, help="window step (0: half the window)")
+        if what in ("generation", "judge"):
+            c.add_argument("--max-new-tokens", type=int, default=64)
+            c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+            c.add_argument("--top-p", type=float, default=1.0)
+        if what == "judge":
+            c.add_argument("--judge-model", help="a registered model as judge")
+            c.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+            c.add_argument("--judge-api-key")
+            c.add_argument("--judge-endpoint-model", help="model name sent to the endpoint")
+            c.add_argument("--rubric", default="default")
+        c.set_defaults(func=eval_submit)
+    c = e.add_parser("results", help="every finished evaluation with its metrics")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=eval_results)
+    c = e.add_parser("samples", help="an evaluation's per-sample records")
+    c.add_argument("id", type=int)
+    c.add_argument("--step", type=int, help="a checkpoint's step (default: the model itself)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=eval_samples)
+    r = e.add_parser("rubric", help="the judge's stored rubrics").add_subparsers(dest="verb", required=True)
+    c = r.add_parser("list")
+    c.set_defaults(func=eval_rubric)
+    c = r.add_parser("show")
+    c.add_argument("name")
+    c.set_defaults(func=eval_rubric)
+    c = r.add_parser("save", help="create or replace a rubric from a text file with {question}, {reference}, {answer}")
+    c.add_argument("name")
+    c.add_argument("--file", required=True)
+    c.add_argument("--scale-min", type=int, default=1)
+    c.add_argument("--scale-max", type=int, default=5)
+    c.set_defaults(func=eval_rubric)
 
     j = nouns.add_parser("jobs", help="watch and control jobs").add_subparsers(dest="verb", required=True)
     c = j.add_parser("list")

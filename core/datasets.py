@@ -470,8 +470,9 @@ def resolve_inputs(s, spec: Any) -> list[int]:
         raise SpecError("dataset", f"there is no data set {ref!r} (see: python -m core data list)")
     if row.status != "available":
         raise SpecError("dataset", f"data set '{row.name}' is {row.status}, not available")
-    if spec.kind == "sft" and row.format not in ("text", "instruction", "chat"):
-        raise SpecError("dataset", f"'{row.name}' is {row.format} data; supervised fine-tuning needs text, instruction or chat")
+    accepted = getattr(spec, "dataset_formats", FORMATS)
+    if row.format not in accepted:
+        raise SpecError("dataset", f"'{row.name}' is {row.format} data; {spec.kind} needs {' or '.join(accepted)} data")
     return [row.id]
 
 

@@ -472,9 +472,14 @@ def job_dict(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "heartbeat_at": job.heartbeat_at.isoformat() if job.heartbeat_at else None,
         "command": cli_command(job),
-        "spec": job.spec,
+        "spec": public_spec(job.spec),
         "log": str(log_path(job.id)),
     }
+
+
+def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec to show: secrets (API keys) masked."""
+    return {k: ("***" if k.endswith("api_key") and v else v) for k, v in (spec or {}).items()}
 
 
 def wait(job_id: int, *, poll_s: float = 0.5, timeout_s: Optional[float] = None, on_poll=None) -> Job:

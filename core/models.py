@@ -87,19 +87,25 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
 
 
 def resolve_inputs(s: Session, spec: Any) -> list[int]:
-    """Ids of the models a job reads (its `model` field: a name or an id)."""
-    ref = getattr(spec, "model", None)
-    if not ref:
-        return []
-    ref = str(ref).strip()
+    """Ids of the models a job reads: its `model` field, and any other field named
+    in the spec's `model_fields` (e.g. a judge model); each a name or an id."""
+    ids = []
+    for field_name in getattr(spec, "model_fields", ("model",)):
+        ref = str(getattr(spec, field_name, "") or "").strip()
+        if ref:
+            ids.append(_resolve(s, ref, field_name))
+    return ids
+
+
+def _resolve(s: Session, ref: str, field_name: str) -> int:
     row = s.get(Model, int(ref)) if ref.isdigit() else None
     if row is None:
         row = s.scalars(select(Model).where(func.lower(Model.name) == ref.lower())).first()
     if row is None:
-        raise SpecError("model", f"there is no model {ref!r} (see: python -m core models list)")
+        raise SpecError(field_name, f"there is no model {ref!r} (see: python -m core models list)")
     if row.status != "available":
-        raise SpecError("model", f"model '{row.name}' is {row.status}, not available")
-    return [row.id]
+        raise SpecError(field_name, f"model '{row.name}' is {row.status}, not available")
+    return row.id
 
 
 def link_job(s: Session, model_ids: list[int], job_id: int) -> None:

@@ -292,6 +292,7 @@ class SFTSpec:
     """Supervised fine-tuning of a registered model on a registered data set (TRL SFTTrainer)."""
 
     kind: ClassVar[str] = "sft"
+    dataset_formats: ClassVar[tuple[str, ...]] = ("text", "instruction", "chat")
 
     model: str
     """Base model: name or id."""
@@ -432,9 +433,249 @@ class MergeAdapterSpec:
         return f"python -m core models merge {_quote(str(self.model))} --name {_quote(self.output_name)}"
 
 
+# --- evaluation -------------------------------------------------------------------------
+
+EVAL_SPLITS = ("auto", "validation", "train", "all")
+
+
+@dataclass
+class EvalPerplexitySpec:
+    """Perplexity of a model (or each checkpoint of its run) on the text of a data set,
+    with a sliding window over texts longer than the window."""
+
+    kind: ClassVar[str] = "eval_perplexity"
+    metric_names: ClassVar[tuple[str, ...]] = ("perplexity", "nll", "tokens")
+
+    model: str
+    """Model or adapter to evaluate: name or id."""
+    dataset: str
+    """Data set: name or id (text data as is; other formats as the model sees them)."""
+    split: str = "auto"
+    """validation, train, all, or auto (validation when there is one, else train)."""
+    max_samples: int = 200
+    """Evaluate the first N rows of the split (0: all)."""
+    checkpoints: bool = False
+    """Also evaluate every checkpoint kept by the training run that made the model."""
+    seed: int = 0
+    """Recorded with the result (perplexity itself is deterministic)."""
+    max_length: int = 0
+    """Window in tokens (0: the model's context length, at most 1024)."""
+    stride: int = 0
+    """How far the window moves (0: half the window); each token is scored once."""
+
+    def __post_init__(self) -> None:
+        _check_eval(self)
+        for name in ("max_length", "stride"):
+            _whole(self, name, 0)
+        if self.max_length and self.max_length < 8:
+            raise SpecError("max_length", f"{self.max_length}: use at least 8 tokens, or 0 for the model's context")
+        if self.stride and self.max_length and self.stride > self.max_length:
+            raise SpecError("stride", f"{self.stride} is longer than the window ({self.max_length})")
+
+    def title(self) -> str:
+        return f"Perplexity of '{self.model}' on '{self.dataset}'" + (" (checkpoints)" if self.checkpoints else "")
+
+    def cli(self) -> str:
+        return _eval_cli(self, "perplexity", ("max_length", "stride"))
+
+
+@dataclass
+class EvalGenerationSpec:
+    """Answers generated for the prompts of a data set, scored against its references:
+    BLEU, chrF, ROUGE-1/2/L, exact match and contains-answer."""
+
+    kind: ClassVar[str] = "eval_generation"
+    dataset_formats: ClassVar[tuple[str, ...]] = ("instruction", "chat", "prompt")
+    metric_names: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match", "contains")
+
+    model: str
+    """Model or adapter to evaluate: name or id."""
+    dataset: str
+    """Data set with references: instruction, chat, or prompt data with answers."""
+    split: str = "auto"
+    """validation, train, all, or auto (validation when there is one, else train)."""
+    max_samples: int = 50
+    """Evaluate the first N rows of the split (0: all)."""
+    checkpoints: bool = False
+    """Also evaluate every checkpoint kept by the training run that made the model."""
+    seed: int = 0
+    """Sampling seed (greedy decoding ignores it)."""
+    max_new_tokens: int = 64
+    """Longest answer, in tokens."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling (with temperature > 0)."""
+    batch_size: int = 8
+    """Prompts generated together."""
+
+    def __post_init__(self) -> None:
+        _check_eval(self)
+        _check_generation(self)
+
+    def title(self) -> str:
+        return f"Generation metrics of '{self.model}' on '{self.dataset}'" + (" (checkpoints)" if self.checkpoints else "")
+
+    def cli(self) -> str:
+        return _eval_cli(self, "generation", ("max_new_tokens", "temperature", "top_p", "batch_size"))
+
+
+@dataclass
+class EvalJudgeSpec(EvalGenerationSpec):
+    """A judge grades the model's answers with a rubric: a registered model, or any
+    OpenAI-compatible endpoint (this platform's own server included)."""
+
+    kind: ClassVar[str] = "eval_judge"
+    model_fields: ClassVar[tuple[str, ...]] = ("model", "judge_model")
+    dataset_formats: ClassVar[tuple[str, ...]] = ("instruction", "chat", "prompt")
+    metric_names: ClassVar[tuple[str, ...]] = ("judge_score", "parse_failures", "judge_errors")
+
+    max_samples: int = 20
+    """Judge the first N rows of the split (0: all)."""
+    judge_model: str = ""
+    """A registered model as the judge: name or id (or give judge_url)."""
+    judge_url: str = ""
+    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (or give judge_model)."""
+    judge_api_key: str = ""
+    """Key for the endpoint, sent as a Bearer token (stored with the job; shown masked)."""
+    judge_endpoint_model: str = ""
+    """The `model` field sent to the endpoint (empty: "default")."""
+    rubric: str = "default"
+    """Name of the stored rubric (Evaluation page, Rubrics tab)."""
+    judge_max_new_tokens: int = 256
+    """Longest judge reply, in tokens."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.judge_url = self.judge_url.strip()
+        if bool(self.judge_model) == bool(self.judge_url):
+            raise SpecError("judge_model", "give either a registered judge model or a judge_url, not both")
+        if self.judge_url and not re.match(r"^https?://[^\s/]+", self.judge_url):
+            raise SpecError("judge_url", f"{self.judge_url!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
+        if not (self.rubric or "").strip():
+            raise SpecError("rubric", "give the name of a rubric")
+        _whole(self, "judge_max_new_tokens", 1)
+
+    def title(self) -> str:
+        judge = self.judge_model or self.judge_url
+        return f"Judge ({judge}) grades '{self.model}' on '{self.dataset}'"
+
+    def cli(self) -> str:
+        parts = [_eval_cli(self, "judge", ("max_new_tokens", "temperature", "top_p", "batch_size", "judge_max_new_tokens"))]
+        for name in ("judge_model", "judge_url", "judge_endpoint_model"):
+            if getattr(self, name):
+                parts.append(f"--{name.replace('_', '-')} {_quote(str(getattr(self, name)))}")
+        if self.judge_api_key:
+            parts.append("--judge-api-key ***")
+        if self.rubric != "default":
+            parts.append(f"--rubric {_quote(self.rubric)}")
+        return " ".join(parts)
+
+
+@dataclass
+class EvalLmEvalSpec:
+    """lm-evaluation-harness tasks whose data is local (our own task ships in
+    assets/lm_eval_tasks) on a registered model or adapter."""
+
+    kind: ClassVar[str] = "eval_lm_eval"
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    model: str
+    """Model or adapter to evaluate: name or id."""
+    tasks: list[str] = field(default_factory=list)
+    """Task names (local tasks, or tasks in task_dir)."""
+    task_dir: str = ""
+    """A folder of your own lm-eval task YAML files (their data must be local)."""
+    limit: int = 0
+    """Documents per task (0: all)."""
+    batch_size: int = 8
+    """Requests scored together."""
+    seed: int = 0
+    """lm-eval's random, numpy and torch seeds."""
+
+    def __post_init__(self) -> None:
+        if not str(self.model).strip():
+            raise SpecError("model", "give a model to evaluate (name or id)")
+        if isinstance(self.tasks, str):
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        if not self.tasks:
+            raise SpecError("tasks", "give at least one task")
+        if self.task_dir:
+            path = Path(self.task_dir).expanduser()
+            if not path.is_dir():
+                raise SpecError("task_dir", f"{self.task_dir} is not a folder")
+            self.task_dir = str(path.resolve())
+        _whole(self, "limit", 0)
+        _whole(self, "batch_size", 1)
+        _whole(self, "seed", 0)
+
+    def title(self) -> str:
+        return f"lm-eval {', '.join(self.tasks)} on '{self.model}'"
+
+    def cli(self) -> str:
+        parts = ["python -m core eval lm-eval", f"--model {_quote(str(self.model))}"]
+        parts += [f"--task {_quote(t)}" for t in self.tasks]
+        if self.task_dir:
+            parts.append(f"--task-dir {_quote(self.task_dir)}")
+        if self.limit:
+            parts.append(f"--limit {self.limit}")
+        return " ".join(parts)
+
+
+EVAL_KINDS = ("eval_perplexity", "eval_generation", "eval_judge", "eval_lm_eval")
+
+
+def _whole(spec: Any, name: str, low: int) -> None:
+    value = getattr(spec, name)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+        setattr(spec, name, value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise SpecError(name, f"{value!r}: use a whole number of at least {low}")
+
+
+def _check_eval(spec: Any) -> None:
+    if not str(spec.model).strip():
+        raise SpecError("model", "give a model to evaluate (name or id)")
+    if not str(spec.dataset).strip():
+        raise SpecError("dataset", "give a data set (name or id)")
+    if spec.split not in EVAL_SPLITS:
+        raise SpecError("split", f"{spec.split!r} is not one of {', '.join(EVAL_SPLITS)}")
+    _whole(spec, "max_samples", 0)
+    _whole(spec, "seed", 0)
+
+
+def _check_generation(spec: Any) -> None:
+    for name in ("temperature", "top_p"):
+        try:
+            setattr(spec, name, float(getattr(spec, name)))
+        except (TypeError, ValueError):
+            raise SpecError(name, f"{getattr(spec, name)!r} is not a number") from None
+    _whole(spec, "max_new_tokens", 1)
+    _whole(spec, "batch_size", 1)
+    if spec.temperature < 0:
+        raise SpecError("temperature", f"{spec.temperature} must be 0 (greedy) or more")
+    if not 0 < spec.top_p <= 1:
+        raise SpecError("top_p", f"{spec.top_p} must be in (0, 1]")
+
+
+def _eval_cli(spec: Any, what: str, extra: tuple[str, ...]) -> str:
+    parts = [f"python -m core eval {what}", f"--model {_quote(str(spec.model))}", f"--dataset {_quote(str(spec.dataset))}"]
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}
+    for name in ("split", "max_samples", "seed", *extra):
+        if getattr(spec, name) != defaults[name]:
+            parts.append(f"--{name.replace('_', '-')} {getattr(spec, name)}")
+    if spec.checkpoints:
+        parts.append("--checkpoints")
+    return " ".join(parts)
+
+
 SPECS: dict[str, type] = {
     s.kind: s
-    for s in (CreateModelSpec, AddStarterSpec, ImportModelSpec, ImportDatasetSpec, SFTSpec, MergeAdapterSpec)
+    for s in (
+        CreateModelSpec, AddStarterSpec, ImportModelSpec, ImportDatasetSpec, SFTSpec, MergeAdapterSpec,
+        EvalPerplexitySpec, EvalGenerationSpec, EvalJudgeSpec, EvalLmEvalSpec,
+    )
 }
 
 

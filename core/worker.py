@@ -34,6 +34,10 @@ RUNNERS: dict[str, str] = {
     "import_dataset": "core.data_jobs:run_import_dataset",
     "sft": "core.train_jobs:run_sft",
     "merge_adapter": "core.train_jobs:run_merge_adapter",
+    "eval_perplexity": "core.eval_jobs:run_eval_perplexity",
+    "eval_generation": "core.eval_jobs:run_eval_generation",
+    "eval_judge": "core.eval_jobs:run_eval_judge",
+    "eval_lm_eval": "core.eval_jobs:run_eval_lm_eval",
 }
 SIGNAL_NAMES = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT"}
 

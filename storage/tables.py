@@ -173,3 +173,40 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
+
+
+class EvalSample(Base):
+    """One evaluated example: what went in, what came out, how it scored.
+    `step` is the training step of the checkpoint evaluated (None: the model itself)."""
+
+    __tablename__ = "eval_samples"
+    __table_args__ = (
+        Index("ix_eval_samples_job_step_idx", "job_id", "step", "idx"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    """Row of the data set (or document of the lm-eval task)."""
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    reference: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    output: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # e.g. the judge's reasoning and raw reply, or the lm-eval task name
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Rubric(Base):
+    """A judge's instructions, editable on the Evaluation page; jobs copy the text they used."""
+
+    __tablename__ = "rubrics"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    scale_min: Mapped[int] = mapped_column(Integer, default=1)
+    scale_max: Mapped[int] = mapped_column(Integer, default=5)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,199 @@
+"""LLM-as-judge: rubrics, the two kinds of judge, and reading their grades.
+
+A rubric is a stored, editable prompt with {question}, {reference} and {answer}
+in it and a score scale. The judge is a registered model (run here) or any
+OpenAI-compatible chat endpoint (`POST <url>/chat/completions`), this
+platform's own server included. A reply the grade cannot be read from is a
+*parse failure*: counted and kept with the reply, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Optional
+
+from sqlalchemy import select
+
+from storage.db import session, write_lock
+from storage.tables import Rubric, utcnow
+
+PLACEHOLDERS = ("{question}", "{reference}", "{answer}")
+DEFAULT_RUBRIC = """You are grading an answer to a question.
+
+Question:
+{question}
+
+Reference answer:
+{reference}
+
+Answer to grade:
+{answer}
+
+Grade how correct and helpful the answer is compared with the reference, on a scale
+from 1 (wrong or unhelpful) to 5 (fully correct and helpful).
+Reply with JSON only, in this form: {"reasoning": "<one or two sentences>", "score": <1-5>}"""
+HTTP_TIMEOUT_S = 120
+RETRIES = 2
+
+
+class JudgeError(RuntimeError):
+    """The judge could not be asked (endpoint unreachable, refused, broken reply)."""
+
+
+# --- rubrics ------------------------------------------------------------------------------
+
+
+@dataclass
+class RubricText:
+    name: str
+    text: str
+    scale_min: int = 1
+    scale_max: int = 5
+
+    def fill(self, question: str, reference: str, answer: str) -> str:
+        # plain replacement: rubrics contain JSON braces that str.format would trip on
+        return (
+            self.text.replace("{question}", question).replace("{reference}", reference).replace("{answer}", answer)
+        )
+
+
+def check_rubric(text: str, scale_min: int, scale_max: int) -> None:
+    if "{answer}" not in text:
+        raise ValueError("rubric: put {answer} where the answer to grade goes (also {question} and {reference})")
+    if not scale_min < scale_max:
+        raise ValueError(f"scale: the lowest grade ({scale_min}) must be below the highest ({scale_max})")
+
+
+def rubrics() -> list[RubricText]:
+    """Every stored rubric, the built-in default first (also when never saved)."""
+    with session() as s:
+        rows = s.scalars(select(Rubric).order_by(Rubric.name)).all()
+        found = [RubricText(r.name, r.text, r.scale_min, r.scale_max) for r in rows]
+    if not any(r.name == "default" for r in found):
+        found.insert(0, RubricText("default", DEFAULT_RUBRIC))
+    return sorted(found, key=lambda r: (r.name != "default", r.name))
+
+
+def get_rubric(name: str) -> RubricText:
+    for rubric in rubrics():
+        if rubric.name == name:
+            return rubric
+    raise ValueError(f"rubric: there is no rubric {name!r} (stored: {', '.join(r.name for r in rubrics())})")
+
+
+def save_rubric(name: str, text: str, scale_min: int = 1, scale_max: int = 5) -> None:
+    """Create or replace a rubric. Jobs keep the text they used, so editing one
+    never changes a finished evaluation."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("name: give the rubric a name")
+    check_rubric(text, scale_min, scale_max)
+    with session() as s:
+        write_lock(s)
+        row = s.scalars(select(Rubric).where(Rubric.name == name)).first()
+        if row is None:
+            s.add(Rubric(name=name, text=text, scale_min=scale_min, scale_max=scale_max))
+        else:
+            row.text, row.scale_min, row.scale_max, row.updated_at = text, scale_min, scale_max, utcnow()
+
+
+def delete_rubric(name: str) -> None:
+    with session() as s:
+        row = s.scalars(select(Rubric).where(Rubric.name == name)).first()
+        if row is not None:
+            s.delete(row)
+
+
+# --- reading a grade ----------------------------------------------------------------------
+
+
+@dataclass
+class Grade:
+    score: Optional[float]
+    reasoning: str
+    error: Optional[str] = None
+    """Why no score could be read (a parse failure)."""
+
+
+def parse_grade(reply: str, scale_min: int, scale_max: int) -> Grade:
+    """The score (and reasoning) in a judge's reply: a JSON object with "score",
+    else a "score: N" line. Out of scale or missing = parse failure."""
+    score: Optional[float] = None
+    reasoning = reply.strip()
+    for match in re.finditer(r"\{[^{}]*\}", reply, re.S):
+        try:
+            obj = json.loads(match.group(0))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "score" in obj:
+            try:
+                score = float(obj["score"])
+            except (TypeError, ValueError):
+                return Grade(None, reasoning, f"the score {obj['score']!r} is not a number")
+            reasoning = str(obj.get("reasoning", obj.get("explanation", ""))).strip() or reasoning
+            break
+    if score is None:
+        match = re.search(r"score\W{0,3}(-?\d+(?:\.\d+)?)", reply, re.I)
+        if match is None:
+            return Grade(None, reasoning, "no score in the reply")
+        score = float(match.group(1))
+    if not scale_min <= score <= scale_max:
+        return Grade(None, reasoning, f"score {score:g} is outside the scale {scale_min}-{scale_max}")
+    return Grade(score, reasoning)
+
+
+# --- asking -------------------------------------------------------------------------------
+
+
+def chat_url(base: str) -> str:
+    """Accept the base URL (…/v1) or the full chat completions URL."""
+    base = base.rstrip("/")
+    return base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+
+def ask_endpoint(url: str, prompt: str, *, api_key: str = "", model: str = "", max_tokens: int = 256) -> str:
+    """One chat completion from an OpenAI-compatible endpoint (temperature 0)."""
+    body = json.dumps(
+        {
+            "model": model or "default",
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    last: Exception = JudgeError("no attempt")
+    for _ in range(RETRIES + 1):
+        request = urllib.request.Request(chat_url(url), data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+                data = json.loads(response.read().decode("utf-8"))
+            return str(data["choices"][0]["message"]["content"] or "")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:300]
+            if exc.code in (401, 403):
+                raise JudgeError(f"the judge endpoint {url} refused the request ({exc.code}): check the API key. {detail}") from None
+            if exc.code in (400, 404, 422):
+                raise JudgeError(f"the judge endpoint {url} rejected the request ({exc.code}): {detail}") from None
+            last = JudgeError(f"the judge endpoint {url} failed ({exc.code}): {detail}")
+        except urllib.error.URLError as exc:
+            last = JudgeError(f"cannot reach the judge endpoint {url}: {exc.reason}")
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+            raise JudgeError(f"the judge endpoint {url} did not answer like an OpenAI chat completion: {exc!r}") from None
+        except TimeoutError:
+            last = JudgeError(f"the judge endpoint {url} did not answer within {HTTP_TIMEOUT_S} s")
+    raise last
+
+
+def ask_local(model, tokenizer, prompt: str, max_tokens: int = 256) -> str:
+    """A registered model as judge: its chat template, greedy decoding."""
+    from core import generate
+
+    text = generate.prompt_text(tokenizer, [{"role": "user", "content": prompt}])
+    return "".join(generate.stream(model, tokenizer, text, generate.Settings(max_new_tokens=max_tokens, temperature=0)))
