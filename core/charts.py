@@ -86,3 +86,51 @@ def training_figure(series: dict[str, list[tuple[int, float]]], resumed_at: list
             fig.add_vline(x=step, line_dash="dot", line_color="#9aa4b2", row=row, col=col)
     fig.update_layout(height=540, margin=dict(l=10, r=10, t=60, b=10), legend=dict(orientation="h", y=1.14, x=0))
     return fig
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def metric_by_model_figure(rows: list[dict], metric: str) -> go.Figure:
+    """Grouped bars: one group per model, one bar per data set (or task), the
+    newest evaluation of each pair."""
+    latest: dict[tuple[str, str], float] = {}
+    for row in sorted(rows, key=lambda r: r["job"]):
+        if isinstance(row.get(metric), (int, float)):
+            latest[(row["model"], row["dataset"])] = row[metric]
+    model_names = sorted({m for m, _ in latest})
+    fig = go.Figure()
+    for dataset in sorted({d for _, d in latest}):
+        fig.add_trace(
+            go.Bar(
+                x=model_names,
+                y=[latest.get((m, dataset)) for m in model_names],
+                name=dataset,
+                text=[f"{latest[(m, dataset)]:.3g}" if (m, dataset) in latest else "" for m in model_names],
+                textposition="outside",
+            )
+        )
+    fig.update_layout(
+        barmode="group", height=360, margin=dict(l=10, r=10, t=30, b=10),
+        yaxis_title=metric, legend_title="data set / task", xaxis_title="model",
+    )
+    return fig
+
+
+def metric_over_steps_figure(points: list[dict], metrics: list[str]) -> go.Figure:
+    """Metrics of one run's checkpoints against the training step."""
+    fig = go.Figure()
+    for name in metrics:
+        pts = [(p["step"], p["metrics"].get(name)) for p in points if isinstance(p["metrics"].get(name), (int, float))]
+        fig.add_trace(go.Scatter(x=[s for s, _ in pts], y=[v for _, v in pts], mode="lines+markers", name=name))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="training step", legend_title="metric")
+    return fig
+
+
+def runs_overlay_figure(series_by_run: dict[str, list[tuple[int, float]]], metric: str) -> go.Figure:
+    """One training metric of several runs on one chart."""
+    fig = go.Figure()
+    for label, points in series_by_run.items():
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step", yaxis_title=metric, legend_title="run")
+    return fig

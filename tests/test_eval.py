@@ -267,3 +267,15 @@ def test_eval_command_prints_the_result_as_json(setup, cli):
     assert "reference:" in shown.stdout
     bad = cli("eval", "perplexity", "--model", "tiny", "--dataset", "nope")
     assert bad.returncode == 2 and "dataset: there is no data set 'nope'" in bad.stderr
+
+
+def test_lm_eval_job_runs_the_local_task(setup, cli):
+    out = cli("eval", "lm-eval", "--model", "tiny", "--task", "llmdev_basics", "--limit", "6", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["status"] == "succeeded" and 0 <= data["metrics"]["llmdev_basics/acc"] <= 1
+    rows = evals.samples(data["job_id"])
+    assert len(rows) == 6 and all(r["extra"]["task"] == "llmdev_basics" and "acc" in r["scores"] for r in rows)
+    assert sum(r["scores"]["acc"] for r in rows) / 6 == pytest.approx(data["metrics"]["llmdev_basics/acc"])
+    unknown = cli("eval", "lm-eval", "--model", "tiny", "--task", "no_such_task", "--wait")
+    assert unknown.returncode == 1 and "unknown lm-eval task 'no_such_task'" in unknown.stderr

@@ -1,0 +1,326 @@
+"""Run lm-evaluation-harness tasks on a loaded model, offline, with local task data.
+
+    from core import generate, lm_eval_bridge, models
+    model, tokenizer = generate.load(models.find("tiny"))   # an adapter comes as a PeftModel
+    result = lm_eval_bridge.run(model, tokenizer, ["llmdev_basics"], limit=10)
+    result["metrics"]   # {"llmdev_basics/acc": 0.3, "llmdev_basics/acc_norm": 0.4}
+
+Tasks are lm-eval YAML files: ours live in assets/lm_eval_tasks/, more folders
+can be passed as `include_paths`. Their data must be local (`dataset_path: json`
+with `dataset_kwargs: data_files:`); a relative data file is resolved against the
+folder of its YAML, not the current directory. Built-in harness tasks whose data
+sets are on the Hugging Face Hub are refused with a ValueError. Run with
+HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 set before `datasets` is imported:
+without them a hub task spends ~25 s in download retries before it fails.
+
+The task folders are plain lm-eval tasks. The harness's own command reads a
+relative data file against the current directory, so run it from the task's folder:
+
+    cd assets/lm_eval_tasks/llmdev_basics
+    lm_eval --model hf --model_args pretrained=MODEL_DIR --device cpu --include_path .. --tasks llmdev_basics
+
+lm_eval is imported inside the functions: importing it takes seconds, and the UI
+only needs `local_tasks()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+
+import yaml
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval_tasks"
+# Means get a closed-form stderr; other aggregations (bleu, ...) are bootstrapped
+# this many times (lm-eval's default, 100000, is slow on 2 cores).
+BOOTSTRAP_ITERS = 1000
+# Requests per progress report and cancel check, in batches.
+BATCHES_PER_CHUNK = 4
+
+Progress = Callable[[int, int, str], None]
+
+
+def local_tasks(include_paths: Sequence[str | Path] = ()) -> list[str]:
+    """Names of the tasks and groups in assets/lm_eval_tasks (and `include_paths`),
+    read from the YAML files without importing lm_eval."""
+    names = set()
+    for root in _roots(include_paths):
+        for path in sorted(root.glob("**/*.yaml")):
+            cfg = _read_yaml(path)
+            name = cfg.get("group") or cfg.get("task")
+            if isinstance(name, str):
+                names.add(name)
+    return sorted(names)
+
+
+def run(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[str],
+    *,
+    include_paths: Sequence[str | Path] = (),
+    limit: Optional[int] = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: Optional[Progress] = None,
+    check_cancel: Optional[Callable[[], None]] = None,
+) -> dict[str, Any]:
+    """Evaluate `model` (a transformers causal LM or a PeftModel) on lm-eval `tasks`.
+
+    `limit` keeps the first N documents of each task. `progress(done, total,
+    message)` is called as requests finish (`total` grows when a new kind of
+    request starts, e.g. generation after log-likelihoods); `check_cancel()` is
+    called between chunks of requests and stops the run by raising.
+
+    Returns JSON-serialisable results: "metrics" {"task/metric": value} (a metric
+    under a filter other than lm-eval's "none" is "task/metric:filter"),
+    "stderr" (same keys), "higher_is_better", "samples" (one per document:
+    task, idx, prompt, reference, output, scores), "versions", "n_samples",
+    "config".
+    """
+    from datasets.exceptions import DatasetNotFoundError
+    from lm_eval import __version__, simple_evaluate
+
+    if not tasks:
+        raise ValueError(f"choose at least one task; local tasks: {', '.join(local_tasks(include_paths))}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: {limit} must be 1 or more (or None for every document)")
+    manager = _task_manager(tuple(str(r) for r in _roots(include_paths)), tasks)
+    lm = _reporting_lm(model, tokenizer, batch_size, progress or _no_progress, check_cancel or _no_cancel)
+    try:
+        results = simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            log_samples=True,
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    except (ConnectionError, DatasetNotFoundError) as err:
+        raise ValueError(
+            f"{', '.join(tasks)}: the task data must be local ({err}). Only tasks whose data is on this "
+            "machine run here (dataset_path: json with dataset_kwargs.data_files, or a data set already in "
+            f"the Hugging Face cache); local tasks: {', '.join(local_tasks(include_paths))}"
+        ) from err
+    config = {
+        "tasks": list(tasks),
+        "include_paths": [str(p) for p in include_paths],
+        "limit": limit,
+        "batch_size": batch_size,
+        "seed": seed,
+        "num_fewshot": results.get("n-shot", {}),
+        "lm_eval_version": __version__,
+    }
+    return _jsonable({**_metrics(results), "samples": _samples(results), "versions": results["versions"],
+                      "n_samples": results["n-samples"], "config": config})
+
+
+# --- tasks -------------------------------------------------------------------
+
+
+def _roots(include_paths: Iterable[str | Path]) -> list[Path]:
+    roots = [TASKS_DIR]
+    for path in include_paths:
+        path = Path(path).expanduser().resolve()
+        if not path.is_dir():
+            raise ValueError(f"include path {path} is not a folder of lm-eval task YAML files")
+        roots.append(path)
+    return roots
+
+
+def _read_yaml(path: Path) -> dict:
+    """A task YAML as plain data (`!function` tags kept as strings)."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    try:
+        cfg = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _task_manager(roots: tuple[str, ...], tasks: Sequence[str]):
+    """A TaskManager that knows `tasks`: ours alone when they are all local (indexing
+    the ~15000 built-in task files takes ~6 s), else with the built-in tasks."""
+    manager = _indexed(roots, with_builtins=False)
+    if all(name in manager.task_index for name in tasks):
+        return manager
+    manager = _indexed(roots, with_builtins=True)
+    unknown = [name for name in tasks if name not in manager.task_index]
+    if unknown:
+        raise ValueError(
+            f"unknown lm-eval task {', '.join(map(repr, unknown))}; local tasks: {', '.join(local_tasks(roots[1:]))}"
+        )
+    return manager
+
+
+@functools.lru_cache(maxsize=4)
+def _indexed(roots: tuple[str, ...], with_builtins: bool):
+    """The task index of `roots` (and the built-in tasks), kept for the process: a job
+    is one process, and the tests reuse the slow built-in index."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=list(roots), include_defaults=with_builtins)
+    _anchor_data_files(manager, [Path(r) for r in roots])
+    return manager
+
+
+def _anchor_data_files(manager, roots: list[Path]) -> None:
+    """Resolve relative `dataset_kwargs.data_files` of the tasks under `roots` against
+    their YAML's folder (lm-eval hands them to `datasets` as they are, i.e. relative
+    to the current directory): the entry gets the full config, paths made absolute."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for entry in manager.task_index.values():
+        path = entry.yaml_path
+        if path is None or not any(path.is_relative_to(root) for root in roots):
+            continue
+        data_files = ((entry.cfg or {}).get("dataset_kwargs") or {}).get("data_files")
+        if data_files is None:
+            continue
+        cfg = load_yaml(path, resolve_func=True)
+        cfg["dataset_kwargs"]["data_files"] = _absolute(data_files, path.parent)
+        entry.cfg, entry.yaml_path = cfg, None  # the factory builds from cfg when there is no path
+
+
+def _absolute(data_files, folder: Path):
+    """data_files (a path, a list, or a dict of split -> path or list) with relative paths under `folder`."""
+    if isinstance(data_files, dict):
+        return {split: _absolute(files, folder) for split, files in data_files.items()}
+    if isinstance(data_files, list):
+        return [_absolute(files, folder) for files in data_files]
+    if "://" in data_files or Path(data_files).is_absolute():
+        return data_files
+    return str(folder / data_files)
+
+
+# --- the model ---------------------------------------------------------------
+
+
+def _reporting_lm(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    progress: Progress,
+    check_cancel: Callable[[], None],
+):
+    """lm-eval's HFLM on our loaded model, running requests in chunks so that it can
+    report progress and be cancelled between them."""
+    from lm_eval.models.huggingface import HFLM
+
+    chunk = max(1, batch_size) * BATCHES_PER_CHUNK
+
+    class ReportingLM(HFLM):
+        done = total = 0
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return self._chunked(super().loglikelihood, requests, "log-likelihood")
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return self._chunked(super().loglikelihood_rolling, requests, "rolling log-likelihood")
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return self._chunked(super().generate_until, requests, "generation")
+
+        def _chunked(self, method, requests: list, what: str) -> list:
+            self.total += len(requests)
+            out: list = []
+            for start in range(0, len(requests), chunk):
+                check_cancel()
+                out.extend(method(requests[start:start + chunk], disable_tqdm=True))
+                self.done += len(requests[start:start + chunk])
+                progress(self.done, self.total, f"{what}: {self.done}/{self.total} requests")
+            return out
+
+    return ReportingLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+def _no_progress(done: int, total: int, message: str) -> None:
+    pass
+
+
+def _no_cancel() -> None:
+    pass
+
+
+# --- results -----------------------------------------------------------------
+
+
+def _metrics(results: dict) -> dict[str, dict]:
+    """{"metrics", "stderr", "higher_is_better"}, keyed "task/metric" ("task/metric:filter")."""
+    metrics, stderr, better = {}, {}, {}
+    for task, values in {**results["results"], **results.get("groups", {})}.items():
+        directions = results.get("higher_is_better", {}).get(task, {})
+        for key, value in values.items():
+            if "," not in key:  # "alias", "name", ...
+                continue
+            metric, filt = key.split(",", 1)
+            is_stderr = metric.endswith("_stderr")
+            metric = metric.removesuffix("_stderr")
+            name = f"{task}/{metric}" + ("" if filt == "none" else f":{filt}")
+            if not isinstance(value, numbers.Real):  # "N/A" stderr
+                continue
+            (stderr if is_stderr else metrics)[name] = value
+            if metric in directions:
+                better[name] = directions[metric]
+    return {"metrics": metrics, "stderr": stderr, "higher_is_better": better}
+
+
+def _samples(results: dict) -> list[dict]:
+    """One row per document: the prompt, the reference and the model's answer as text."""
+    rows = []
+    for task, logged in results.get("samples", {}).items():
+        output_type = results["configs"][task].get("output_type")
+        for sample in logged:
+            prompt, reference, output = _texts(sample, output_type)
+            rows.append({
+                "task": task,
+                "idx": sample["doc_id"],
+                "prompt": prompt,
+                "reference": reference,
+                "output": output,
+                "scores": {m: sample[m] for m in sample["metrics"] if m in sample},
+            })
+    return rows
+
+
+def _texts(sample: dict, output_type: str) -> tuple[str, str, str]:
+    """(prompt, reference, output) of a logged lm-eval sample."""
+    arguments, resps, target = sample["arguments"], sample["filtered_resps"], sample["target"]
+    prompt = str(arguments[0][0])
+    if output_type == "multiple_choice":
+        choices = [str(arg[1]).strip() for arg in arguments]
+        best = max(range(len(resps)), key=lambda i: resps[i][0])  # the acc prediction: highest log-likelihood
+        gold = target if isinstance(target, list) else [target]
+        reference = " | ".join(choices[g] if isinstance(g, int) and 0 <= g < len(choices) else str(g) for g in gold)
+        return prompt, reference, choices[best]
+    return prompt, str(target), str(resps[0])  # generated text (or a log-likelihood for other types)
+
+
+def _jsonable(value):
+    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
