@@ -332,6 +332,8 @@ class SFTSpec:
     """Evaluate on the validation split every N steps (0: only at the end)."""
     save_steps: int = 50
     """Write a resumable checkpoint every N steps."""
+    keep_checkpoints: int = 2
+    """How many of the latest checkpoints to keep (0: all, e.g. to evaluate each one)."""
     seed: int = 0
     """Seed for data order, dropout and LoRA init."""
     packing: bool = False
@@ -354,7 +356,7 @@ class SFTSpec:
             except (TypeError, ValueError):
                 raise SpecError(name, f"{value!r} is not a number") from None
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "warmup_steps", "lora_r", "lora_alpha",
-                     "eval_steps", "save_steps", "seed", "resume_from_job", "processes"):
+                     "eval_steps", "save_steps", "keep_checkpoints", "seed", "resume_from_job", "processes"):
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().isdigit():
                 setattr(self, name, int(value))
@@ -369,7 +371,7 @@ class SFTSpec:
         for name, low in (("batch_size", 1), ("grad_accum", 1), ("max_length", 16), ("lora_r", 1), ("lora_alpha", 1), ("save_steps", 1)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
                 raise SpecError(name, f"{getattr(self, name)!r}: use a whole number of at least {low}")
-        for name in ("max_steps", "warmup_steps", "eval_steps", "seed", "resume_from_job", "processes"):
+        for name in ("max_steps", "warmup_steps", "eval_steps", "keep_checkpoints", "seed", "resume_from_job", "processes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise SpecError(name, f"{getattr(self, name)!r}: use a whole number, 0 or more")
         if self.max_steps == 0 and not self.epochs > 0:

@@ -235,7 +235,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         eval_steps=spec.eval_steps or None,
         save_strategy="steps",
         save_steps=spec.save_steps,
-        save_total_limit=2,
+        save_total_limit=spec.keep_checkpoints or None,
         logging_steps=1,
         seed=spec.seed,
         data_seed=spec.seed,

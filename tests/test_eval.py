@@ -242,14 +242,15 @@ def test_parse_grade():
 
 def test_checkpoints_of_a_run_are_evaluated_in_step_order(setup):
     train = ok(jobs.submit(SFTSpec(model="tiny", dataset="facts", output_name="tuned", method="lora",
-                                   max_steps=6, batch_size=2, save_steps=2)), timeout=300)
+                                   max_steps=6, batch_size=2, save_steps=2, keep_checkpoints=0)), timeout=300)
     tuned = models.find("tuned")
     steps = [s for s, _ in eval_jobs.checkpoints_of(tuned)]
-    assert steps == [4, 6]  # save_total_limit keeps the last two
+    assert steps == [2, 4, 6]  # keep_checkpoints=0 keeps every one
     job = ok(jobs.submit(EvalPerplexitySpec(model="tuned", dataset="facts", split="all", checkpoints=True)))
-    assert [p["step"] for p in job.result["by_step"]] == [4, 6]
+    assert [p["step"] for p in job.result["by_step"]] == [2, 4, 6]
     series = jobs.metrics(job.id)["perplexity"]
-    assert [s for s, _ in series] == [4, 6]
+    assert [s for s, _ in series] == [2, 4, 6]
+    assert series[0][1] != pytest.approx(series[-1][1])  # the weights changed between checkpoints
     assert series[-1][1] == pytest.approx(job.result["metrics"]["perplexity"])
     # the checkpoint at the last step is the model itself: evaluated once
     assert len(evals.samples(job.id, 4)) == 8 and len(evals.samples(job.id)) == 8

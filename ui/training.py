@@ -50,6 +50,10 @@ def spec_form() -> Optional[SFTSpec]:
             weight_decay=a[1].number_input("Weight decay", 0.0, 1.0, 0.0, key="sft_wd"),
             eval_steps=a[2].number_input("Evaluate every (steps, 0 = at the end)", 0, 1_000_000, p["eval_steps"], key=f"sft_eval_{preset}"),
             save_steps=a[3].number_input("Checkpoint every (steps)", 1, 1_000_000, p["save_steps"], key=f"sft_save_{preset}"),
+            keep_checkpoints=a[3].number_input(
+                "Checkpoints kept (0 = all)", 0, 10_000, 2, key="sft_keep",
+                help="Keep every checkpoint to evaluate the model over training steps (Evaluation page).",
+            ),
             lora_r=a[0].number_input("LoRA r", 1, 1024, 8, key="sft_r"),
             lora_alpha=a[1].number_input("LoRA alpha", 1, 4096, 16, key="sft_alpha"),
             lora_dropout=a[2].number_input("LoRA dropout", 0.0, 0.9, 0.05, key="sft_dropout"),
