@@ -111,7 +111,7 @@ def metric_by_model_figure(rows: list[dict], metric: str) -> go.Figure:
             )
         )
     fig.update_layout(
-        barmode="group", height=360, margin=dict(l=10, r=10, t=30, b=10),
+        barmode="group", height=360, margin=dict(l=10, r=10, t=30, b=10), showlegend=True,
         yaxis_title=metric, legend_title="data set / task", xaxis_title="model",
     )
     return fig
