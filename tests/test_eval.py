@@ -280,3 +280,13 @@ def test_lm_eval_job_runs_the_local_task(setup, cli):
     assert sum(r["scores"]["acc"] for r in rows) / 6 == pytest.approx(data["metrics"]["llmdev_basics/acc"])
     unknown = cli("eval", "lm-eval", "--model", "tiny", "--task", "no_such_task", "--wait")
     assert unknown.returncode == 1 and "unknown lm-eval task 'no_such_task'" in unknown.stderr
+
+
+def test_an_evaluation_can_be_cancelled(setup):
+    from conftest import wait_for
+
+    job_id = jobs.submit(EvalGenerationSpec(model="tiny", dataset="facts", split="all", max_new_tokens=200, batch_size=1))
+    wait_for(lambda: jobs.get(job_id).progress_step >= 1, 120, what="the first answer")
+    jobs.cancel(job_id)
+    job = jobs.wait(job_id, timeout_s=60)
+    assert job.status == "cancelled" and evals.samples(job_id) == []
