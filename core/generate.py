@@ -6,6 +6,11 @@ transformers samples (`model.generate` on a worker thread, so every setting
 means what it means there); a streamer hands over each new token and this
 module detokenises incrementally, so text arrives token by token (unlike
 TextIteratorStreamer, which holds text back until a word ends).
+
+Stop strings are cut here, on the text: the stream ends just before the first
+stop string and never shows any part of it (a tail that could be the start of
+one is held back until it is not). Closing the stream early (a rerun, a Stop
+button, a client that goes away) stops generate() at its next token.
 """
 
 from __future__ import annotations
@@ -29,15 +34,22 @@ class Settings:
     top_k: int = 0
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
+    """The reply ends just before the first of these (empty strings are ignored)."""
     seed: Optional[int] = 0
+    """None = a different sample every time."""
 
     def __post_init__(self) -> None:
+        self.stop = [s for s in self.stop if s]
         if not 1 <= self.max_new_tokens <= 32768:
             raise ValueError(f"max_new_tokens: {self.max_new_tokens} is out of range (1 to 32768)")
         if self.temperature < 0:
             raise ValueError(f"temperature: {self.temperature} must be 0 (greedy) or more")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: {self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: {self.top_k} must be 0 (off) or more")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty: {self.repetition_penalty} must be more than 0 (1 = off)")
 
 
 @dataclass
@@ -110,25 +122,64 @@ class _TokenQueue:
         self.q.put(None)
 
 
-def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stats] = None) -> Iterator[str]:
-    """Yield the continuation of `text` piece by piece as it is generated."""
+def _halt_when(event: threading.Event):
+    """A stopping criterion that ends generate() once `event` is set."""
     import torch
-    from transformers import set_seed
+    from transformers import StoppingCriteria
+
+    class Halt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return Halt()
+
+
+def _first_stop(text: str, stops: list[str]) -> Optional[int]:
+    """Where the first stop string in `text` begins (None: there is none)."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def visible_text(text: str, stops: list[str]) -> tuple[str, bool]:
+    """What of `text` can be shown now, and whether a stop string was reached: the
+    text before the first stop string, or else all but a tail that could still
+    grow into one."""
+    cut = _first_stop(text, stops)
+    if cut is not None:
+        return text[:cut], True
+    longest = max((len(s) for s in stops), default=0)
+    for n in range(min(len(text), longest - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return text[:-n], False
+    return text, False
+
+
+def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stats] = None) -> Iterator[str]:
+    """Yield the continuation of `text` piece by piece as it is generated; closing
+    the generator stops the generation."""
+    import torch
+    from transformers import StoppingCriteriaList, set_seed
 
     stats = stats if stats is not None else Stats()
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     stats.prompt_tokens = int(inputs["input_ids"].shape[1])
+    context = _context_length(model)
+    if context and stats.prompt_tokens >= context:
+        raise ValueError(
+            f"the prompt is {stats.prompt_tokens} tokens and this model reads at most {context}: "
+            "clear the conversation or shorten the prompt"
+        )
+    halt = threading.Event()
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=min(settings.max_new_tokens, context - stats.prompt_tokens) if context else settings.max_new_tokens,
         repetition_penalty=settings.repetition_penalty,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        stopping_criteria=StoppingCriteriaList([_halt_when(halt)]),
     )
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if settings.stop:
-        kwargs.update(stop_strings=settings.stop, tokenizer=tokenizer)
     streamer = _TokenQueue()
     errors: list[BaseException] = []
 
@@ -144,10 +195,11 @@ def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stat
             streamer.end()
 
     start = time.perf_counter()
-    thread = threading.Thread(target=work, daemon=True)
+    thread = threading.Thread(target=work, daemon=True, name="generate")
     thread.start()
     ids: list[int] = []
     shown = ""
+    stopped = False
     eos = set(_eos_ids(model, tokenizer))
     try:
         while (token := streamer.q.get()) is not None:
@@ -159,17 +211,31 @@ def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stat
             full = tokenizer.decode(ids, skip_special_tokens=True)
             if full.endswith("\ufffd"):
                 continue  # half of a multi-byte character: wait for the rest
-            if len(full) > len(shown):
-                yield full[len(shown):]
-                shown = full
+            text_now, stopped = visible_text(full, settings.stop)
+            if len(text_now) > len(shown):
+                yield text_now[len(shown):]
+                shown = text_now
+            if stopped:
+                break
     finally:
+        halt.set()  # the consumer stopped or went away: generate() ends at its next token
         thread.join()
     stats.seconds = time.perf_counter() - start
+    if stopped:
+        return
     if errors:
         raise errors[0]
     full = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = _first_stop(full, settings.stop)
+    full = full if cut is None else full[:cut]  # the end: nothing held back any more
     if len(full) > len(shown):
         yield full[len(shown):]
+
+
+def _context_length(model) -> Optional[int]:
+    """How many positions the model was built for (None: no fixed limit known)."""
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -171,3 +171,52 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
         stop_server(server)
     assert jobs.get(3).status == "succeeded"
     assert models.find("tiny-lora-sample-instructions").source == "adapter"
+
+
+def test_chat_in_the_playground_streams_a_reply(home, browser):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    for name in ("tiny", "other"):
+        job = jobs.wait(jobs.submit(CreateModelSpec(name=name, arch="llama", size="tiny", seed=3)), timeout_s=120)
+        assert job.status == "succeeded", job.log_tail
+    port = free_port()
+    server = start_server(port)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_test_id("stSidebar").get_by_role("link", name="Playground", exact=True).click()
+        expect(page.get_by_role("heading", name="Playground")).to_be_visible()
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        chat = page.get_by_role("tabpanel", name="Chat")
+        picker = chat.get_by_role("combobox", name="Model", exact=True)
+        picker.click()
+        page.get_by_role("option", name="#1 tiny").click()
+        expect(picker).to_have_value("#1 tiny")
+        chat.get_by_text("System prompt and generation settings").click()
+        page.locator(".st-key-chat_max_new input").fill("240")
+        page.locator(".st-key-chat_max_new input").press("Enter")
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        # the tiny model writes 240 tokens in well under a second: record every state
+        # of the reply the browser shows to see it grow piece by piece
+        page.evaluate("""() => {
+            window.replyStates = [];
+            new MutationObserver(() => {
+                const msgs = document.querySelectorAll('[data-testid="stChatMessage"]');
+                if (msgs.length >= 2) window.replyStates.push(msgs[1].innerText);
+            }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }""")
+        prompt = page.locator(".st-key-chat_prompt textarea")
+        prompt.fill("Hello, who are you?")
+        prompt.press("Enter")
+        reply = chat.get_by_test_id("stChatMessage").nth(1)
+        expect(reply.get_by_test_id("stCaptionContainer")).to_contain_text("tokens/s")
+        expect(reply.get_by_test_id("stCaptionContainer")).to_contain_text("new tokens")
+        assert reply.get_by_test_id("stMarkdownContainer").first.inner_text().strip()
+        growing = [t for t in page.evaluate("window.replyStates") if "▌" in t]
+        assert len(set(growing)) > 3, f"the reply did not stream: {len(growing)} partial states"
+        expect(reply).not_to_contain_text("▌")
+        expect(page.get_by_test_id("stSidebar")).to_contain_text("· cpu · used")
+        page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    finally:
+        stop_server(server)

@@ -12,7 +12,7 @@ from conftest import ROOT
 from core import jobs, models
 from core.specs import CreateModelSpec
 
-PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/4_Evaluation.py", "pages/9_Jobs.py"]
+PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/4_Evaluation.py", "pages/5_Playground.py", "pages/9_Jobs.py"]
 
 
 @pytest.fixture
