@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from core import datasets, jobs, models, scoring
+from core import datasets, generate, jobs, models, scoring
 from core.run import BadInput, Run
 from core.sft_format import PLAIN_PROMPT, SFT_FORMATS, _bos, render_segments
 from storage.db import data_home, session
@@ -63,28 +63,6 @@ def targets(row, with_checkpoints: bool) -> list[tuple[Optional[int], Optional[P
         )
     listed: list[tuple[Optional[int], Optional[Path]]] = [(s, p) for s, p in ckpts if s != final_step]
     return listed + [(final_step, None)]
-
-
-def load(row, weights: Optional[Path] = None):
-    """(model, tokenizer) of a registered model, or of one of its checkpoints."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from core import generate
-
-    if weights is None:
-        return generate.load(row)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if (weights / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = models.get(row.parent_id)
-        model = AutoModelForCausalLM.from_pretrained(data_home() / base.path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, weights)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(data_home() / row.path)
-    return model.to(device).eval(), tokenizer
 
 
 def rows_of(data_row, split: str, max_samples: int) -> tuple[list[dict[str, Any]], str]:
@@ -140,7 +118,7 @@ def _evaluate_targets(
     for number, (step, weights) in enumerate(chosen):
         what = f"checkpoint {step}" if weights is not None else f"'{row.name}'"
         run.progress(number * n_per_target, total, f"loading {what}", force=True)
-        model, tokenizer = load(row, weights)
+        model, tokenizer = generate.load(row, weights)
         run.check_cancel()
         done = number * n_per_target
 
@@ -353,7 +331,7 @@ def run_eval_judge(spec, run: Run) -> dict[str, Any]:
     if spec.judge_model:
         judge_row = models.get(run.model_ids[1])
         run.progress(0, None, f"loading the judge '{judge_row.name}'", force=True)
-        judge_model, judge_tok = load(judge_row)
+        judge_model, judge_tok = generate.load(judge_row)
 
         def ask(prompt: str) -> str:
             return judge.ask_local(judge_model, judge_tok, prompt, spec.judge_max_new_tokens)
@@ -430,7 +408,7 @@ def run_eval_lm_eval(spec, run: Run) -> dict[str, Any]:
 
     row = models.get(run.model_ids[0])
     run.progress(0, None, f"loading '{row.name}'", force=True)
-    model, tokenizer = load(row)
+    model, tokenizer = generate.load(row)
     run.check_cancel()
 
     def progress(done: int, total: int, message: str = "") -> None:

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from core import models
@@ -74,8 +75,9 @@ def usable(row) -> Optional[str]:
     return None
 
 
-def load(row):
-    """(model, tokenizer) for a registered model; an adapter is put on its base."""
+def load(row, weights: Optional[Path] = None):
+    """(model, tokenizer) for a registered model; an adapter is put on its base.
+    `weights`: one of its training checkpoints instead of the final weights."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,14 +86,15 @@ def load(row):
         raise ValueError(why)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     folder = data_home() / row.path
-    if row.source == "adapter":
+    weights = weights or folder
+    if (weights / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = models.get(row.parent_id)
         model = AutoModelForCausalLM.from_pretrained(data_home() / base.path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(model, folder)
+        model = PeftModel.from_pretrained(model, weights)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
 

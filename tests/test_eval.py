@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core import eval_jobs, evals, jobs, judge, models, scoring
+from core import eval_jobs, evals, generate, jobs, judge, models, scoring
 from core.specs import (
     CreateModelSpec,
     EvalGenerationSpec,
@@ -113,7 +113,7 @@ def test_generation_job_stores_every_sample_and_its_settings(setup):
     for r in rows:  # the stored per-sample scores are the library's for the stored strings
         assert r["scores"] == pytest.approx(scoring.sample_scores(r["output"], r["reference"]))
     # batched, left-padded greedy answers equal one-at-a-time greedy answers
-    model, tok = eval_jobs.load(setup)
+    model, tok = generate.load(setup)
     prompts = eval_jobs.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
     spec = EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=8)
     batched = eval_jobs.generate_batch(model, tok, [p[2] for p in prompts], spec, False)
