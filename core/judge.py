@@ -121,7 +121,7 @@ class Grade:
 
 def parse_grade(reply: str, scale_min: int, scale_max: int) -> Grade:
     """The score (and reasoning) in a judge's reply: a JSON object with "score",
-    else a "score: N" line. Out of scale or missing = parse failure."""
+    else a "Score: N" (or grade, rating) line. Out of scale or missing = parse failure."""
     score: Optional[float] = None
     reasoning = reply.strip()
     for match in re.finditer(r"\{[^{}]*\}", reply, re.S):
@@ -137,7 +137,8 @@ def parse_grade(reply: str, scale_min: int, scale_max: int) -> Grade:
             reasoning = str(obj.get("reasoning", obj.get("explanation", ""))).strip() or reasoning
             break
     if score is None:
-        match = re.search(r"score\W{0,3}(-?\d+(?:\.\d+)?)", reply, re.I)
+        # "Score: 4", "**Score:** 4", "Rating: 4/5"
+        match = re.search(r"(?:score|grade|rating)\W{0,6}(-?\d+(?:\.\d+)?)", reply, re.I)
         if match is None:
             return Grade(None, reasoning, "no score in the reply")
         score = float(match.group(1))

@@ -232,6 +232,8 @@ def test_judge_with_a_registered_model_and_an_edited_rubric(setup):
 def test_parse_grade():
     assert judge.parse_grade('ok {"score": 4, "reasoning": "fine"}', 1, 5).score == 4
     assert judge.parse_grade("Score: 2.5", 1, 5).score == 2.5
+    assert judge.parse_grade("Good answer.\n**Score:** 4", 1, 5).score == 4
+    assert judge.parse_grade("Rating: 3/5", 1, 5).score == 3
     assert judge.parse_grade('{"score": "high"}', 1, 5).error == "the score 'high' is not a number"
     assert judge.parse_grade("score 0", 1, 5).error == "score 0 is outside the scale 1-5"
     assert judge.parse_grade("", 1, 5).error == "no score in the reply"
