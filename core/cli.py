@@ -15,7 +15,7 @@
     python -m core models merge ADAPTER --name NAME [--wait]
     python -m core generate --model NAME [--max-new-tokens N] [--temperature T] [--seed S] PROMPT
     python -m core eval perplexity|generation|judge --model NAME --dataset NAME [--checkpoints] [--wait] [--json]
-    python -m core eval judge ... (--judge-model NAME | --judge-url URL [--judge-api-key KEY]) [--rubric NAME]
+    python -m core eval judge ... (--judge-model NAME | --judge-url URL [--judge-api-key-env VAR]) [--rubric NAME]
     python -m core eval lm-eval --model NAME --task TASK [--task-dir DIR] [--limit N] [--wait] [--json]
     python -m core eval results [--json]
     python -m core eval samples JOB_ID [--step N] [--json]
@@ -364,10 +364,16 @@ def eval_submit(args) -> int:
             if args.what == "generation":
                 spec = specs.EvalGenerationSpec(**common, **gen)
             else:
+                key = args.judge_api_key or ""
+                if args.judge_api_key_env:
+                    import os
+
+                    key = os.environ.get(args.judge_api_key_env, "")
+                    if not key:
+                        raise ValueError(f"--judge-api-key-env: the environment variable {args.judge_api_key_env} is not set")
                 spec = specs.EvalJudgeSpec(
                     **common, **gen, judge_model=args.judge_model or "", judge_url=args.judge_url or "",
-                    judge_api_key=args.judge_api_key or "", judge_endpoint_model=args.judge_endpoint_model or "",
-                    rubric=args.rubric,
+                    judge_api_key=key, judge_endpoint_model=args.judge_endpoint_model or "", rubric=args.rubric,
                 )
     if not args.json:
         return _submit(spec, args.wait)
@@ -630,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
         if what == "judge":
             c.add_argument("--judge-model", help="a registered model as judge")
             c.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-            c.add_argument("--judge-api-key")
+            c.add_argument("--judge-api-key", help="the key itself (visible in the process list: prefer --judge-api-key-env)")
+            c.add_argument("--judge-api-key-env", metavar="VAR", help="read the key from this environment variable")
             c.add_argument("--judge-endpoint-model", help="model name sent to the endpoint")
             c.add_argument("--rubric", default="default")
         c.set_defaults(func=eval_submit)

@@ -3,7 +3,7 @@
     python -m core eval perplexity --model NAME --dataset NAME --wait --json
     python -m core eval generation --model NAME --dataset NAME --checkpoints
     python -m core eval judge --model NAME --dataset NAME --judge-url http://127.0.0.1:8000/v1
-    python -m core eval lm-eval --model NAME --task platform_facts
+    python -m core eval lm-eval --model NAME --task llmdev_basics
 
 Every job stores each sample (prompt, reference, output, scores) in
 `eval_samples`, its set-level metrics in the result (and as job metrics at the
@@ -69,7 +69,7 @@ def rows_of(data_row, split: str, max_samples: int) -> tuple[list[dict[str, Any]
     """The rows to evaluate and the split they came from."""
     splits = datasets.load(data_row)
     if split == "auto":
-        split = "validation" if "validation" in splits else "train"
+        split = "validation" if "validation" in splits and len(splits["validation"]) else "train"
     if split == "all":
         rows = [r for name in ("train", "validation") if name in splits for r in splits[name]]
     elif split in splits:
@@ -83,6 +83,20 @@ def rows_of(data_row, split: str, max_samples: int) -> tuple[list[dict[str, Any]
     return rows, split
 
 
+def clean(value: Any) -> Any:
+    """JSON every backend stores: non-finite numbers become None (PostgreSQL's json
+    rejects NaN), NUL characters are dropped from text (PostgreSQL rejects them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
 def _store(job_id: int, step: Optional[int], samples: list[dict[str, Any]]) -> None:
     with session() as s:
         s.add_all(
@@ -90,18 +104,20 @@ def _store(job_id: int, step: Optional[int], samples: list[dict[str, Any]]) -> N
                 job_id=job_id,
                 step=step,
                 idx=sample["idx"],
-                prompt=sample.get("prompt", ""),
-                reference=sample.get("reference"),
-                output=sample.get("output"),
-                scores=sample.get("scores", {}),
-                extra=sample.get("extra", {}),
+                prompt=clean(sample.get("prompt", "")),
+                reference=clean(sample.get("reference")),
+                output=clean(sample.get("output")),
+                scores=clean(sample.get("scores", {})),
+                extra=clean(sample.get("extra", {})),
             )
             for sample in samples
         )
 
 
 def _finite(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return {
+        k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _evaluate_targets(
@@ -133,7 +149,7 @@ def _evaluate_targets(
         by_step.append({"step": step, "checkpoint": str(weights) if weights else None, "metrics": metrics})
         del model
     run.progress(total, total, "done", force=True)
-    return {
+    return clean({
         "metrics": metrics,
         "model": row.name,
         "model_id": row.id,
@@ -142,7 +158,7 @@ def _evaluate_targets(
         "dataset_fingerprint": data_row.fingerprint if data_row else None,
         "seed": spec.seed,
         "by_step": by_step if spec.checkpoints else [],
-    }
+    })
 
 
 # --- perplexity ---------------------------------------------------------------------------
@@ -190,8 +206,14 @@ def run_eval_perplexity(spec, run: Run) -> dict[str, Any]:
     data_row = datasets.get(run.dataset_ids[0])
     row = models.get(run.model_ids[0])
     rows, split = rows_of(data_row, spec.split, spec.max_samples)
-    window = spec.max_length or min(row.context_length or MAX_WINDOW, MAX_WINDOW)
+    context = row.context_length or MAX_WINDOW
+    window = min(spec.max_length, context) if spec.max_length else min(context, MAX_WINDOW)
     stride = spec.stride or max(1, window // 2)
+    if stride >= window:
+        raise BadInput(
+            f"stride: {stride} must be shorter than the window ({window} tokens"
+            + (", the model's context" if window == context else "") + "): a longer stride leaves tokens unscored"
+        )
 
     def score(model, tokenizer, tick):
         samples, nll, tokens, skipped = [], 0.0, 0, 0
@@ -252,32 +274,63 @@ def prompts_of(fmt: str, rows: list[dict[str, Any]], tokenizer) -> list[tuple[in
     return out
 
 
-def generate_batch(model, tokenizer, texts: list[str], spec, special: bool) -> list[str]:
-    """Answers to a batch of prompts (left-padded), special tokens removed."""
+def prompt_room(model, spec) -> Optional[int]:
+    """Tokens a prompt may take so that it and the answer fit the model's context
+    (None: no known limit)."""
+    context = generate._context_length(model)
+    if not context:
+        return None
+    room = context - spec.max_new_tokens
+    if room < 8:
+        raise BadInput(
+            f"max_new_tokens: {spec.max_new_tokens} leaves no room for the prompt in this model's "
+            f"context of {context} tokens; use at most {context - 8}"
+        )
+    return room
+
+
+def generate_batch(model, tokenizer, texts: list[str], spec, special: bool) -> tuple[list[str], int]:
+    """Answers to a batch of prompts (left-padded), special tokens removed, and how
+    many prompts were cut from the left to fit the context with the answer."""
     import torch
 
     tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"  # keep the end of a long prompt: the question
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
-    kwargs: dict[str, Any] = dict(max_new_tokens=spec.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    room = prompt_room(model, spec)
+    truncated = 0
+    if room is not None:
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+        truncated = sum(n > room for n in lengths)
+    enc = tokenizer(
+        texts, return_tensors="pt", padding=True, add_special_tokens=special, truncation=room is not None, max_length=room
+    ).to(model.device)
+    # every setting explicit: None would take the model's generation_config defaults
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=spec.max_new_tokens, pad_token_id=tokenizer.pad_token_id, repetition_penalty=1.0
+    )
     if spec.temperature > 0:
-        kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p)
+        kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     with torch.no_grad():
         out = model.generate(**enc, **kwargs)
-    return [tokenizer.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
+    answers = [tokenizer.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
+    return answers, truncated
 
 
-def answers(model, tokenizer, prompts, spec, tick) -> Iterator[tuple[tuple, str]]:
-    """Yield (prompt entry, answer) batch by batch, seeded once."""
+def answers(model, tokenizer, prompts, spec, tick, counts: dict[str, int]) -> Iterator[tuple[tuple, str]]:
+    """Yield (prompt entry, answer) batch by batch, seeded once; counts["truncated_prompts"]
+    says how many prompts were cut to fit the context."""
     from transformers import set_seed
 
     set_seed(spec.seed)
+    counts.setdefault("truncated_prompts", 0)
     for start in range(0, len(prompts), spec.batch_size):
         batch = prompts[start : start + spec.batch_size]
-        outputs = generate_batch(model, tokenizer, [p[2] for p in batch], spec, batch[0][4])
+        outputs, truncated = generate_batch(model, tokenizer, [p[2] for p in batch], spec, batch[0][4])
+        counts["truncated_prompts"] += truncated
         yield from zip(batch, outputs)
         tick(start + len(batch), f"answer {start + len(batch)} of {len(prompts)}")
 
@@ -287,32 +340,34 @@ def generation_settings(spec) -> dict[str, Any]:
 
 
 def _prompts_for(spec, run: Run):
+    """The data set, its rows, the split used and how many rows have a reference."""
     data_row = datasets.get(run.dataset_ids[0])
     rows, split = rows_of(data_row, spec.split, spec.max_samples)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(data_home() / models.get(run.model_ids[0]).path)
-    if not prompts_of(data_row.format, rows, tokenizer):
+    n = len(prompts_of(data_row.format, rows, tokenizer))
+    if not n:
         raise BadInput(f"dataset: no row of the {split} split of '{data_row.name}' has a reference answer")
-    return data_row, rows, split
+    return data_row, rows, split, n
 
 
 def run_eval_generation(spec, run: Run) -> dict[str, Any]:
-    data_row, rows, split = _prompts_for(spec, run)
+    data_row, rows, split, n_prompts = _prompts_for(spec, run)
 
     def score(model, tokenizer, tick):
         prompts = prompts_of(data_row.format, rows, tokenizer)
-        samples, outputs, references = [], [], []
-        for (i, question, text, reference, _), output in answers(model, tokenizer, prompts, spec, tick):
+        samples, outputs, references, counts = [], [], [], {}
+        for (i, question, text, reference, _), output in answers(model, tokenizer, prompts, spec, tick, counts):
             scores = scoring.sample_scores(output, reference)
             samples.append({"idx": i, "prompt": question, "reference": reference, "output": output, "scores": scores})
             outputs.append(output)
             references.append(reference)
         metrics = scoring.corpus_scores(outputs, references, [s["scores"] for s in samples])
-        metrics["samples"] = len(samples)
+        metrics.update(samples=len(samples), **counts)
         return metrics, samples
 
-    result = _evaluate_targets(spec, run, score, len(rows))
+    result = _evaluate_targets(spec, run, score, n_prompts)
     result.update(split=split, num_samples=len(rows), settings=generation_settings(spec))
     return result
 
@@ -323,7 +378,7 @@ def run_eval_generation(spec, run: Run) -> dict[str, Any]:
 def run_eval_judge(spec, run: Run) -> dict[str, Any]:
     from core import judge
 
-    data_row, rows, split = _prompts_for(spec, run)
+    data_row, rows, split, n_prompts = _prompts_for(spec, run)
     try:
         rubric = judge.get_rubric(spec.rubric)
     except ValueError as exc:
@@ -348,7 +403,8 @@ def run_eval_judge(spec, run: Run) -> dict[str, Any]:
 
     def score(model, tokenizer, tick):
         prompts = prompts_of(data_row.format, rows, tokenizer)
-        answered = list(answers(model, tokenizer, prompts, spec, lambda n, m: tick(n // 2, m)))
+        counts: dict[str, int] = {}
+        answered = list(answers(model, tokenizer, prompts, spec, lambda n, m: tick(n // 2, m), counts))
         samples, grades, failures, errors = [], [], 0, 0
         for number, ((i, question, _, reference, _), output) in enumerate(answered, 1):
             prompt = rubric.fill(question, reference, output)
@@ -360,6 +416,7 @@ def run_eval_judge(spec, run: Run) -> dict[str, Any]:
                 errors += 1
                 samples.append({"idx": i, "prompt": question, "reference": reference, "output": output,
                                 "scores": {}, "extra": {"judge_error": str(exc)}})
+                tick((len(answered) + number) // 2, f"judged {number} of {len(answered)}")
                 continue
             grade = judge.parse_grade(reply, rubric.scale_min, rubric.scale_max)
             if grade.score is None:
@@ -383,10 +440,11 @@ def run_eval_judge(spec, run: Run) -> dict[str, Any]:
             "parse_failures": failures,
             "judge_errors": errors,
             "samples": len(samples),
+            **counts,
         }
         return metrics, samples
 
-    result = _evaluate_targets(spec, run, score, len(rows))
+    result = _evaluate_targets(spec, run, score, n_prompts)
     result.update(
         split=split,
         num_samples=len(rows),
@@ -432,8 +490,10 @@ def run_eval_lm_eval(spec, run: Run) -> dict[str, Any]:
     step = (row.details or {}).get("steps")
     if step is not None:
         run.metrics(step, _finite(out["metrics"]))
-    return {
+    return clean({
         "metrics": out["metrics"],
+        "higher_is_better": out.get("higher_is_better", {}),
+        "task_fingerprints": lm_eval_bridge.fingerprints(spec.tasks, [spec.task_dir] if spec.task_dir else []),
         "model": row.name,
         "model_id": row.id,
         "tasks": spec.tasks,
@@ -442,4 +502,4 @@ def run_eval_lm_eval(spec, run: Run) -> dict[str, Any]:
         "settings": {"limit": spec.limit, "batch_size": spec.batch_size, **out.get("config", {})},
         "versions": out.get("versions", {}),
         "by_step": [],
-    }
+    })

@@ -19,10 +19,18 @@ KIND_LABELS = {
     "eval_judge": "judge",
     "eval_lm_eval": "lm-eval",
 }
-# metrics where lower is better (everything else: higher is better)
-LOWER_IS_BETTER = {"perplexity", "nll", "parse_failures", "judge_errors"}
+# metrics where lower is better (everything else: higher is better); lm-eval names
+# are "task/metric" or "task/metric:filter"
+LOWER_IS_BETTER = {
+    "perplexity", "nll", "parse_failures", "judge_errors", "truncated_prompts",
+    "word_perplexity", "byte_perplexity", "bits_per_byte",
+}
+
+
+def lower_is_better(name: str) -> bool:
+    return name.split("/")[-1].split(":")[0] in LOWER_IS_BETTER
 # counts, not qualities: left out of "best metric" choices and bar charts
-COUNTS = {"tokens", "texts", "skipped", "samples", "graded"}
+COUNTS = {"tokens", "texts", "skipped", "samples", "graded", "truncated_prompts"}
 
 
 def eval_jobs(status: Optional[str] = "succeeded", limit: int = 500) -> list[Job]:
@@ -69,6 +77,13 @@ def by_step(job: Job) -> list[dict[str, Any]]:
     return [p for p in (job.result or {}).get("by_step", []) if p.get("step") is not None]
 
 
+def sample_steps(job_id: int) -> list[Optional[int]]:
+    """The checkpoints (steps) an evaluation kept samples for; None = the model itself."""
+    with session() as s:
+        steps = set(s.scalars(select(EvalSample.step).where(EvalSample.job_id == job_id).distinct()).all())
+    return sorted(steps - {None}) + ([None] if None in steps else [])
+
+
 def samples(job_id: int, step: Optional[int] = None) -> list[dict[str, Any]]:
     """Every stored sample of an evaluation (of the model itself unless `step`)."""
     with session() as s:
@@ -99,7 +114,7 @@ def sample_metrics(rows: list[dict[str, Any]]) -> list[str]:
 def best_and_worst(rows: list[dict[str, Any]], metric: str, n: int = 5) -> tuple[list[dict], list[dict]]:
     """The n best and n worst samples by one metric (samples without it left out)."""
     scored = [r for r in rows if isinstance(r["scores"].get(metric), (int, float))]
-    scored.sort(key=lambda r: r["scores"][metric], reverse=metric not in LOWER_IS_BETTER)
+    scored.sort(key=lambda r: r["scores"][metric], reverse=not lower_is_better(metric))
     return scored[:n], list(reversed(scored[-n:])) if len(scored) > n else list(reversed(scored))
 
 

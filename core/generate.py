@@ -68,6 +68,12 @@ def usable(row) -> Optional[str]:
     """Why a model cannot be used for generation right now (None when it can)."""
     if row.status != "available":
         return f"'{row.name}' is {models.display_status(row)}"
+    if row.source == "adapter":
+        base = models.get_or_none(row.parent_id) if row.parent_id else None
+        if base is None:
+            return f"'{row.name}' is an adapter whose base model was deleted"
+        if base.status != "available":
+            return f"the base of '{row.name}', '{base.name}', is {models.display_status(base)}"
     folder = data_home() / (row.path or "")
     needed = "adapter_config.json" if row.source == "adapter" else "config.json"
     if not row.path or not (folder / needed).is_file():
@@ -100,10 +106,20 @@ def load(row, weights: Optional[Path] = None):
 
 
 def prompt_text(tokenizer, messages: list[dict[str, str]], raw: bool = False) -> str:
-    """The text the model continues: its chat template, or the plain text in raw mode
-    (base models without a template)."""
-    if raw or not tokenizer.chat_template:
-        return "\n".join(m["content"] for m in messages if m["role"] != "system" or raw)
+    """The text the model continues: its chat template; for a tokenizer without one,
+    the "### Instruction / ### Response" layout that fine-tuning here trains such
+    models with (core.sft_format); in raw mode the plain text (base models)."""
+    if raw:
+        return "\n".join(m["content"] for m in messages)
+    if not tokenizer.chat_template:
+        from core.sft_format import PLAIN_PROMPT, _bos
+
+        turns = [m for m in messages if m["role"] != "system"]
+        if len(turns) == 1:  # one question: the instruction layout
+            history = turns[0]["content"]
+        else:  # a conversation: role-prefixed lines, as chat data is trained
+            history = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return _bos(tokenizer) + PLAIN_PROMPT.format(prompt=history)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -180,7 +196,8 @@ def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stat
         stopping_criteria=StoppingCriteriaList([_halt_when(halt)]),
     )
     if settings.temperature > 0:
-        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
+        # top_k=0 is off (None would take the model's generation_config default, often 50)
+        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     streamer = _TokenQueue()

@@ -83,6 +83,7 @@ def submit(spec: Any, *, start: bool = True) -> int:
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             (folder / "spec.json").write_text(json.dumps(spec_to_dict(spec), indent=2) + "\n")
+            (folder / "spec.json").chmod(0o600)  # it may hold an API key
             job_id = job.id
     except BaseException:
         if folder is not None:

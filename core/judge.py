@@ -9,6 +9,7 @@ platform's own server included. A reply the grade cannot be read from is a
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
@@ -55,10 +56,10 @@ class RubricText:
     scale_max: int = 5
 
     def fill(self, question: str, reference: str, answer: str) -> str:
-        # plain replacement: rubrics contain JSON braces that str.format would trip on
-        return (
-            self.text.replace("{question}", question).replace("{reference}", reference).replace("{answer}", answer)
-        )
+        # one pass over the rubric only: rubrics contain JSON braces that str.format
+        # would trip on, and an answer may itself contain "{reference}"
+        values = {"question": question, "reference": reference, "answer": answer}
+        return re.sub(r"\{(question|reference|answer)\}", lambda m: values[m.group(1)], self.text)
 
 
 def check_rubric(text: str, scale_min: int, scale_max: int) -> None:
@@ -137,8 +138,8 @@ def parse_grade(reply: str, scale_min: int, scale_max: int) -> Grade:
             reasoning = str(obj.get("reasoning", obj.get("explanation", ""))).strip() or reasoning
             break
     if score is None:
-        # "Score: 4", "**Score:** 4", "Rating: 4/5"
-        match = re.search(r"(?:score|grade|rating)\W{0,6}(-?\d+(?:\.\d+)?)", reply, re.I)
+        # "Score: 4", "**Score:** 4", "Rating = 4/5"; not the rubric's own "score": <1-5>
+        match = re.search(r"\b(?:score|grade|rating)\b[\"*]*\s*[:=]\s*[*\"]*\s*(-?\d+(?:\.\d+)?)", reply, re.I)
         if match is None:
             return Grade(None, reasoning, "no score in the reply")
         score = float(match.group(1))
@@ -185,10 +186,12 @@ def ask_endpoint(url: str, prompt: str, *, api_key: str = "", model: str = "", m
             last = JudgeError(f"the judge endpoint {url} failed ({exc.code}): {detail}")
         except urllib.error.URLError as exc:
             last = JudgeError(f"cannot reach the judge endpoint {url}: {exc.reason}")
-        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise JudgeError(f"the judge endpoint {url} did not answer like an OpenAI chat completion: {exc!r}") from None
         except TimeoutError:
             last = JudgeError(f"the judge endpoint {url} did not answer within {HTTP_TIMEOUT_S} s")
+        except (OSError, http.client.HTTPException) as exc:  # reset, closed mid-reply
+            last = JudgeError(f"the connection to the judge endpoint {url} broke: {exc!r}")
     raise last
 
 
@@ -197,4 +200,7 @@ def ask_local(model, tokenizer, prompt: str, max_tokens: int = 256) -> str:
     from core import generate
 
     text = generate.prompt_text(tokenizer, [{"role": "user", "content": prompt}])
-    return "".join(generate.stream(model, tokenizer, text, generate.Settings(max_new_tokens=max_tokens, temperature=0)))
+    try:
+        return "".join(generate.stream(model, tokenizer, text, generate.Settings(max_new_tokens=max_tokens, temperature=0)))
+    except ValueError as exc:  # e.g. the filled rubric is longer than the judge's context
+        raise JudgeError(f"the judge model cannot take this prompt: {exc}") from None

@@ -129,6 +129,28 @@ def run(
 # --- tasks -------------------------------------------------------------------
 
 
+def fingerprints(tasks: Sequence[str], include_paths: Sequence[str | Path] = ()) -> dict[str, str]:
+    """A hash of each local task's files (its YAML and the data files beside it), to
+    record with a result: the same number means the same questions. Tasks not found
+    locally (built-in ones) are left out."""
+    import hashlib
+
+    found: dict[str, str] = {}
+    for root in _roots(include_paths):
+        for path in sorted(root.glob("**/*.yaml")):
+            cfg = _read_yaml(path)
+            name = cfg.get("group") or cfg.get("task")
+            if name not in tasks or name in found:
+                continue
+            digest = hashlib.sha256()
+            for f in sorted(p for p in path.parent.rglob("*") if p.is_file()):
+                digest.update(f.relative_to(path.parent).as_posix().encode() + b"\0" + f.read_bytes())
+            found[name] = digest.hexdigest()[:16]
+    return found
+
+
+
+
 def _roots(include_paths: Iterable[str | Path]) -> list[Path]:
     roots = [TASKS_DIR]
     for path in include_paths:

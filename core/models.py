@@ -174,6 +174,11 @@ def get(model_id: int) -> Model:
     return row
 
 
+def get_or_none(model_id: int) -> Optional[Model]:
+    with session() as s:
+        return s.get(Model, model_id)
+
+
 def find(ref: str) -> Model:
     """A model by id or by name (the CLI accepts either)."""
     with session() as s:
@@ -186,9 +191,13 @@ def find(ref: str) -> Model:
 
 
 def active_jobs_using(model_id: int) -> list[Job]:
+    """Queued and running jobs that read or write the model, or one of its adapters
+    (an adapter is loaded on its base)."""
     with session() as s:
         active = s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
-    return [j for j in active if model_id in (j.model_ids or [])]
+        adapters = set(s.scalars(select(Model.id).where(Model.parent_id == model_id, Model.source == "adapter")).all())
+    ids = {model_id} | adapters
+    return [j for j in active if ids & set(j.model_ids or [])]
 
 
 def display_status(row: Model, active: Optional[list[Job]] = None) -> str:

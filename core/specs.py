@@ -471,8 +471,8 @@ class EvalPerplexitySpec:
             _whole(self, name, 0)
         if self.max_length and self.max_length < 8:
             raise SpecError("max_length", f"{self.max_length}: use at least 8 tokens, or 0 for the model's context")
-        if self.stride and self.max_length and self.stride > self.max_length:
-            raise SpecError("stride", f"{self.stride} is longer than the window ({self.max_length})")
+        if self.stride and self.max_length and self.stride >= self.max_length:
+            raise SpecError("stride", f"{self.stride} must be shorter than the window ({self.max_length}): a longer stride leaves tokens unscored")
 
     def title(self) -> str:
         return f"Perplexity of '{self.model}' on '{self.dataset}'" + (" (checkpoints)" if self.checkpoints else "")
@@ -550,8 +550,10 @@ class EvalJudgeSpec(EvalGenerationSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.judge_url = self.judge_url.strip()
-        if bool(self.judge_model) == bool(self.judge_url):
-            raise SpecError("judge_model", "give either a registered judge model or a judge_url, not both")
+        if not self.judge_model and not self.judge_url:
+            raise SpecError("judge_model", "choose the judge: a registered judge_model or a judge_url")
+        if self.judge_model and self.judge_url:
+            raise SpecError("judge_model", "give either a registered judge_model or a judge_url, not both")
         if self.judge_url and not re.match(r"^https?://[^\s/]+", self.judge_url):
             raise SpecError("judge_url", f"{self.judge_url!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
         if not (self.rubric or "").strip():
@@ -568,7 +570,7 @@ class EvalJudgeSpec(EvalGenerationSpec):
             if getattr(self, name):
                 parts.append(f"--{name.replace('_', '-')} {_quote(str(getattr(self, name)))}")
         if self.judge_api_key:
-            parts.append("--judge-api-key ***")
+            parts.append("--judge-api-key-env JUDGE_API_KEY")  # the key itself is never printed
         if self.rubric != "default":
             parts.append(f"--rubric {_quote(self.rubric)}")
         return " ".join(parts)

@@ -76,7 +76,7 @@ def test_perplexity_equals_exp_mean_nll_from_plain_transformers(setup, home):
     assert result["metrics"]["perplexity"] == pytest.approx(expected, rel=1e-4)
     assert result["metrics"]["tokens"] == len(ids) - 1
     assert result["dataset_fingerprint"] and result["model"] == "tiny" and result["seed"] == 0
-    assert result["settings"] == {"window": 512, "stride": 256}
+    assert result["settings"] == {"window": 256, "stride": 128}  # 512 asked, capped at the model's context
     [sample] = evals.samples(job.id)
     assert sample["prompt"] == TEXT and sample["scores"]["tokens"] == len(ids) - 1
 
@@ -116,22 +116,38 @@ def test_generation_job_stores_every_sample_and_its_settings(setup):
     model, tok = generate.load(setup)
     prompts = eval_jobs.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
     spec = EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=8)
-    batched = eval_jobs.generate_batch(model, tok, [p[2] for p in prompts], spec, False)
-    single = [eval_jobs.generate_batch(model, tok, [p[2]], spec, False)[0] for p in prompts]
+    batched, _ = eval_jobs.generate_batch(model, tok, [p[2] for p in prompts], spec, False)
+    single = [eval_jobs.generate_batch(model, tok, [p[2]], spec, False)[0][0] for p in prompts]
     assert batched == single
     table = evals.results_rows()
     assert table[0]["job"] == job.id and table[0]["model"] == "tiny" and "bleu" in table[0]
 
 
+def test_long_prompts_are_cut_to_fit_the_context(setup):
+    model, tok = generate.load(setup)  # a context of 256 tokens
+    prompts = eval_jobs.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
+    answers, truncated = eval_jobs.generate_batch(
+        model, tok, [p[2] for p in prompts], EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=240), False
+    )
+    assert truncated == len(prompts) and len(answers) == len(prompts)
+    with pytest.raises(ValueError, match="max_new_tokens: 250 leaves no room for the prompt"):
+        eval_jobs.generate_batch(model, tok, [prompts[0][2]], EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=250), False)
+
+
 def test_bad_input_is_refused_with_the_field(setup):
     with pytest.raises(SpecError, match="dataset: 'prose' is text data; eval_generation needs instruction or chat or prompt"):
         jobs.submit(EvalGenerationSpec(model="tiny", dataset="prose"))
-    with pytest.raises(SpecError, match="judge_model: give either"):
+    with pytest.raises(SpecError, match="judge_model: choose the judge"):
         EvalJudgeSpec(model="tiny", dataset="facts")
     with pytest.raises(SpecError, match="judge_url: 'ftp://x' is not an http"):
         EvalJudgeSpec(model="tiny", dataset="facts", judge_url="ftp://x")
     with pytest.raises(SpecError, match="split: 'test' is not one of"):
         EvalPerplexitySpec(model="tiny", dataset="prose", split="test")
+    with pytest.raises(SpecError, match="stride: 64 must be shorter than the window"):
+        EvalPerplexitySpec(model="tiny", dataset="prose", max_length=64, stride=64)
+    # the window defaults to the model's context (256 here): a longer stride is refused by the job
+    job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", stride=300)), timeout_s=120)
+    assert job.status == "failed" and "stride: 300 must be shorter than the window (256 tokens, the model's context)" in job.error
     job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", split="validation")), timeout_s=120)
     assert job.status == "failed" and job.error_class == "bad_input" and "has no validation split" in job.error
     job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", checkpoints=True)), timeout_s=120)
@@ -235,7 +251,17 @@ def test_parse_grade():
     assert judge.parse_grade("Good answer.\n**Score:** 4", 1, 5).score == 4
     assert judge.parse_grade("Rating: 3/5", 1, 5).score == 3
     assert judge.parse_grade('{"score": "high"}', 1, 5).error == "the score 'high' is not a number"
-    assert judge.parse_grade("score 0", 1, 5).error == "score 0 is outside the scale 1-5"
+    assert judge.parse_grade("score: 0", 1, 5).error == "score 0 is outside the scale 1-5"
+    # a small judge echoing the rubric's template, or a word that merely ends in "grade": no grade
+    echo = 'Reply with JSON only, in this form: {"reasoning": "<one or two sentences>", "score": <1-5>}'
+    assert judge.parse_grade(echo, 1, 5).error == "no score in the reply"
+    assert judge.parse_grade("We should upgrade 2 things.", 1, 5).error == "no score in the reply"
+
+
+def test_rubric_is_filled_in_one_pass_and_results_are_storable():
+    rubric = judge.RubricText("r", "Q: {question} R: {reference} A: {answer} {\"score\": N}")
+    assert rubric.fill("what is {answer}?", "ref", "{reference}!") == 'Q: what is {answer}? R: ref A: {reference}! {"score": N}'
+    assert eval_jobs.clean({"a": float("nan"), "b": [float("inf"), 1.5], "t": "x\x00y"}) == {"a": None, "b": [None, 1.5], "t": "xy"}
     assert judge.parse_grade("", 1, 5).error == "no score in the reply"
 
 
@@ -256,7 +282,16 @@ def test_checkpoints_of_a_run_are_evaluated_in_step_order(setup):
     assert series[-1][1] == pytest.approx(job.result["metrics"]["perplexity"])
     # the checkpoint at the last step is the model itself: evaluated once
     assert len(evals.samples(job.id, 4)) == 8 and len(evals.samples(job.id)) == 8
+    assert evals.sample_steps(job.id) == [2, 4, None]
     assert train.id == tuned.job_id
+    # the base of an adapter cannot be deleted while a job uses the adapter; once it is
+    # gone, the adapter is not offered for generation, and says why
+    queued = jobs.submit(EvalPerplexitySpec(model="tuned", dataset="facts"), start=False)
+    with pytest.raises(models.ModelError, match=f"in use by job {queued}"):
+        models.delete(setup.id)
+    jobs.cancel(queued)
+    models.delete(setup.id)
+    assert generate.usable(models.find("tuned")) == "'tuned' is an adapter whose base model was deleted"
 
 
 def test_eval_command_prints_the_result_as_json(setup, cli):
@@ -270,6 +305,9 @@ def test_eval_command_prints_the_result_as_json(setup, cli):
     assert "reference:" in shown.stdout
     bad = cli("eval", "perplexity", "--model", "tiny", "--dataset", "nope")
     assert bad.returncode == 2 and "dataset: there is no data set 'nope'" in bad.stderr
+    no_key = cli("eval", "judge", "--model", "tiny", "--dataset", "facts", "--judge-url", "http://127.0.0.1:9/v1",
+                 "--judge-api-key-env", "LLMDEV_NO_SUCH_VAR")
+    assert no_key.returncode == 2 and "the environment variable LLMDEV_NO_SUCH_VAR is not set" in no_key.stderr
 
 
 def test_lm_eval_job_runs_the_local_task(setup, cli):

@@ -48,6 +48,20 @@ def test_a_model_in_training_or_missing_files_cannot_be_used(tiny, home):
     assert "missing files" in generate.usable(models.get(tiny.id))
 
 
+def test_a_model_without_chat_template_gets_the_layout_it_was_fine_tuned_with(tiny):
+    from core.sft_format import PLAIN_PROMPT
+
+    _, tok = generate.load(tiny)
+    tok.chat_template = None
+    one = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What do bees make?"}]
+    assert generate.prompt_text(tok, one) == PLAIN_PROMPT.format(prompt="What do bees make?")
+    assert generate.prompt_text(tok, one, raw=True) == "Be brief.\nWhat do bees make?"
+    two = one + [{"role": "assistant", "content": "Honey."}, {"role": "user", "content": "And ants?"}]
+    assert generate.prompt_text(tok, two) == PLAIN_PROMPT.format(
+        prompt="system: Be brief.\nuser: What do bees make?\nassistant: Honey.\nuser: And ants?"
+    )
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="temperature: -1"):
         generate.Settings(temperature=-1)

@@ -135,7 +135,7 @@ def results_panel() -> None:
     if not quality:
         return
     metric = st.selectbox("Chart metric", quality, key="res_metric")
-    lower = " (lower is better)" if metric in evals.LOWER_IS_BETTER else ""
+    lower = " (lower is better)" if evals.lower_is_better(metric) else ""
     st.caption(f"{metric} by model{lower}; the newest evaluation of each model and data set.")
     st.plotly_chart(charts.metric_by_model_figure(shown, metric), key="res_chart")
     over_steps_panel()
@@ -151,7 +151,9 @@ def over_steps_panel() -> None:
     by_id = {j.id: j for j in stepped}
     chosen = st.selectbox("Checkpoint evaluation", list(by_id), format_func=lambda i: f"#{i} {by_id[i].title}", key="steps_job")
     points = evals.by_step(by_id[chosen])
-    names = [n for n in points[-1]["metrics"] if n not in evals.COUNTS and isinstance(points[-1]["metrics"][n], (int, float))]
+    names: list[str] = []
+    for p in points:  # a metric may be missing at some step (e.g. no judge grade read)
+        names += [n for n, v in p["metrics"].items() if n not in evals.COUNTS and isinstance(v, (int, float)) and n not in names]
     picked = st.multiselect("Metrics", names, default=names[:1], key=f"steps_metrics_{chosen}")
     st.plotly_chart(charts.metric_over_steps_figure(points, picked), key="steps_chart")
 
@@ -198,7 +200,14 @@ def samples_panel() -> None:
     by_id = {j.id: j for j in done}
     label = lambda i: f"#{i} {by_id[i].title}"  # noqa: E731
     chosen = st.selectbox("Evaluation", list(by_id), format_func=label, key="smp_job")
-    rows = evals.samples(chosen)
+    steps = evals.sample_steps(chosen)
+    step = None
+    if len(steps) > 1:
+        step = st.selectbox(
+            "Checkpoint", steps, index=len(steps) - 1, key=f"smp_step_{chosen}",
+            format_func=lambda s: "the model itself" if s is None else f"step {s}",
+        )
+    rows = evals.samples(chosen, step)
     metrics = evals.sample_metrics(rows)
     failures = [r for r in rows if r["extra"].get("parse_error") or r["extra"].get("judge_error")]
     if failures:

@@ -155,7 +155,7 @@ def _start(cache: ModelCache, r: Reply) -> Iterator[str]:
     model, tokenizer = cache.get(r.row)
     stats = generate.Stats()
     r.msg["_stats"] = stats
-    r.msg["raw"] = r.raw or not tokenizer.chat_template
+    r.msg["raw"] = r.raw
     return generate.stream(model, tokenizer, generate.prompt_text(tokenizer, r.messages, r.raw), r.settings, stats)
 
 
@@ -277,10 +277,11 @@ def chat_tab(choices) -> list[Reply]:
         row = pick_model("Model", "chat_model", choices)
     if row is None:
         return []
-    raw = c2.toggle("Raw completion", value=not row.has_chat_template, key=f"chat_raw_{row.id}",
+    trained_here = bool((row.details or {}).get("method"))
+    raw = c2.toggle("Raw completion", value=not row.has_chat_template and not trained_here, key=f"chat_raw_{row.id}",
                     help="Continue the text as is, without the model's chat template (base models).")
     if not row.has_chat_template and not raw:
-        c2.caption("No chat template: raw completion.")
+        c2.caption("No chat template: the ### Instruction / ### Response layout fine-tuning uses.")
     picked = settings_inputs("chat")
     box = st.container()
     for msg in history:
@@ -317,7 +318,8 @@ def side_by_side_tab(choices) -> list[Reply]:
     if a is None or b is None:
         return []
     raw = st.toggle("Raw completion for both", value=False, key="sbs_raw",
-                    help="A model without a chat template always gets raw completion.")
+                    help="Off: each model's chat template, or for a model without one the "
+                         "### Instruction / ### Response layout fine-tuning uses.")
     picked = settings_inputs("sbs")
     box = st.container()
     for turn in history:
