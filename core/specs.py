@@ -441,25 +441,33 @@ EVAL_SPLITS = ("auto", "validation", "train", "all")
 
 
 @dataclass
-class EvalPerplexitySpec:
-    """Perplexity of a model (or each checkpoint of its run) on the text of a data set,
-    with a sliding window over texts longer than the window."""
-
-    kind: ClassVar[str] = "eval_perplexity"
-    metric_names: ClassVar[tuple[str, ...]] = ("perplexity", "nll", "tokens")
+class _EvalOnData:
+    """What every evaluation on a data set has."""
 
     model: str
     """Model or adapter to evaluate: name or id."""
     dataset: str
-    """Data set: name or id (text data as is; other formats as the model sees them)."""
+    """Data set: name or id."""
     split: str = "auto"
     """validation, train, all, or auto (validation when there is one, else train)."""
-    max_samples: int = 200
+    max_samples: int = 50
     """Evaluate the first N rows of the split (0: all)."""
     checkpoints: bool = False
     """Also evaluate every checkpoint kept by the training run that made the model."""
     seed: int = 0
-    """Recorded with the result (perplexity itself is deterministic)."""
+    """Sampling seed, recorded with the result (greedy decoding and perplexity ignore it)."""
+
+
+@dataclass
+class EvalPerplexitySpec(_EvalOnData):
+    """Perplexity of a model (or each checkpoint of its run) on the text of a data set
+    (text data as is; other formats as the model sees them in training), with a
+    sliding window over texts longer than the window."""
+
+    kind: ClassVar[str] = "eval_perplexity"
+
+    max_samples: int = 200
+    """Evaluate the first N rows of the split (0: all)."""
     max_length: int = 0
     """Window in tokens (0: the model's context length, at most 1024)."""
     stride: int = 0
@@ -482,26 +490,14 @@ class EvalPerplexitySpec:
 
 
 @dataclass
-class EvalGenerationSpec:
-    """Answers generated for the prompts of a data set, scored against its references:
-    BLEU, chrF, ROUGE-1/2/L, exact match and contains-answer."""
+class EvalGenerationSpec(_EvalOnData):
+    """Answers generated for the prompts of a data set (instruction, chat, or prompt
+    data with answers), scored against its references: BLEU, chrF, ROUGE-1/2/L,
+    exact match and contains-answer."""
 
     kind: ClassVar[str] = "eval_generation"
     dataset_formats: ClassVar[tuple[str, ...]] = ("instruction", "chat", "prompt")
-    metric_names: ClassVar[tuple[str, ...]] = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match", "contains")
 
-    model: str
-    """Model or adapter to evaluate: name or id."""
-    dataset: str
-    """Data set with references: instruction, chat, or prompt data with answers."""
-    split: str = "auto"
-    """validation, train, all, or auto (validation when there is one, else train)."""
-    max_samples: int = 50
-    """Evaluate the first N rows of the split (0: all)."""
-    checkpoints: bool = False
-    """Also evaluate every checkpoint kept by the training run that made the model."""
-    seed: int = 0
-    """Sampling seed (greedy decoding ignores it)."""
     max_new_tokens: int = 64
     """Longest answer, in tokens."""
     temperature: float = 0.0
@@ -530,7 +526,6 @@ class EvalJudgeSpec(EvalGenerationSpec):
     kind: ClassVar[str] = "eval_judge"
     model_fields: ClassVar[tuple[str, ...]] = ("model", "judge_model")
     dataset_formats: ClassVar[tuple[str, ...]] = ("instruction", "chat", "prompt")
-    metric_names: ClassVar[tuple[str, ...]] = ("judge_score", "parse_failures", "judge_errors")
 
     max_samples: int = 20
     """Judge the first N rows of the split (0: all)."""
@@ -582,7 +577,6 @@ class EvalLmEvalSpec:
     assets/lm_eval_tasks) on a registered model or adapter."""
 
     kind: ClassVar[str] = "eval_lm_eval"
-    metric_names: ClassVar[tuple[str, ...]] = ()
 
     model: str
     """Model or adapter to evaluate: name or id."""
