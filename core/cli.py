@@ -58,6 +58,15 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _print_record(data: dict[str, Any], as_json: bool) -> None:
+    """One record: JSON, or a "key: value" line each."""
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        print(f"{key}: {value}")
+
+
 # --- waiting with a progress bar ------------------------------------------------------
 
 
@@ -234,12 +243,7 @@ def data_list(args) -> int:
 
 def data_show(args) -> int:
     jobs.refresh()
-    data = datasets.dataset_dict(datasets.find(args.dataset))
-    if args.json:
-        _print_json(data)
-        return 0
-    for key, value in data.items():
-        print(f"{key}: {value}")
+    _print_record(datasets.dataset_dict(datasets.find(args.dataset)), args.json)
     return 0
 
 
@@ -462,12 +466,9 @@ def jobs_list(args) -> int:
 
 def jobs_show(args) -> int:
     jobs.refresh()
-    data = jobs.job_dict(jobs.get(args.id))
+    _print_record(jobs.job_dict(jobs.get(args.id)), args.json)
     if args.json:
-        _print_json(data)
         return 0
-    for key, value in data.items():
-        print(f"{key}: {value}")
     job = jobs.get(args.id)
     if job.status in jobs.TERMINAL and job.log_tail:
         print(f"--- log tail ---\n{job.log_tail}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from core import datasets, generate, jobs, models, scoring
+from core.format import jsonable
 from core.run import BadInput, Run
 from core.sft_format import PLAIN_PROMPT, SFT_FORMATS, _bos, render_segments
 from storage.db import data_home, session
@@ -31,22 +32,10 @@ MAX_WINDOW = 1024
 
 
 def checkpoints_of(row) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint kept by the run that trained
-    `row` (and the runs it resumed), in step order."""
-    found: dict[int, Path] = {}
-    job_id = row.job_id
-    seen: set[int] = set()
-    while job_id and job_id not in seen:
-        seen.add(job_id)
-        folder = jobs.run_dir(job_id) / "checkpoints"
-        for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else []:
-            if (ckpt / "trainer_state.json").is_file() and ckpt.name.split("-")[-1].isdigit():
-                found.setdefault(int(ckpt.name.split("-")[-1]), ckpt)
-        try:
-            job_id = jobs.get(job_id).resumed_from
-        except Exception:  # the job row is gone: no older checkpoints
-            job_id = None
-    return sorted(found.items())
+    """(step, folder) of every complete checkpoint kept by the run that trained `row`."""
+    from core.train_jobs import run_checkpoints
+
+    return run_checkpoints(row.job_id) if row.job_id else []
 
 
 def targets(row, with_checkpoints: bool) -> list[tuple[Optional[int], Optional[Path]]]:
@@ -83,20 +72,6 @@ def rows_of(data_row, split: str, max_samples: int) -> tuple[list[dict[str, Any]
     return rows, split
 
 
-def clean(value: Any) -> Any:
-    """JSON every backend stores: non-finite numbers become None (PostgreSQL's json
-    rejects NaN), NUL characters are dropped from text (PostgreSQL rejects them)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
 def _store(job_id: int, step: Optional[int], samples: list[dict[str, Any]]) -> None:
     with session() as s:
         s.add_all(
@@ -104,11 +79,11 @@ def _store(job_id: int, step: Optional[int], samples: list[dict[str, Any]]) -> N
                 job_id=job_id,
                 step=step,
                 idx=sample["idx"],
-                prompt=clean(sample.get("prompt", "")),
-                reference=clean(sample.get("reference")),
-                output=clean(sample.get("output")),
-                scores=clean(sample.get("scores", {})),
-                extra=clean(sample.get("extra", {})),
+                prompt=jsonable(sample.get("prompt", "")),
+                reference=jsonable(sample.get("reference")),
+                output=jsonable(sample.get("output")),
+                scores=jsonable(sample.get("scores", {})),
+                extra=jsonable(sample.get("extra", {})),
             )
             for sample in samples
         )
@@ -149,7 +124,7 @@ def _evaluate_targets(
         by_step.append({"step": step, "checkpoint": str(weights) if weights else None, "metrics": metrics})
         del model
     run.progress(total, total, "done", force=True)
-    return clean({
+    return jsonable({
         "metrics": metrics,
         "model": row.name,
         "model_id": row.id,
@@ -277,7 +252,7 @@ def prompts_of(fmt: str, rows: list[dict[str, Any]], tokenizer) -> list[tuple[in
 def prompt_room(model, spec) -> Optional[int]:
     """Tokens a prompt may take so that it and the answer fit the model's context
     (None: no known limit)."""
-    context = generate._context_length(model)
+    context = generate.context_length(model)
     if not context:
         return None
     room = context - spec.max_new_tokens
@@ -490,7 +465,7 @@ def run_eval_lm_eval(spec, run: Run) -> dict[str, Any]:
     step = (row.details or {}).get("steps")
     if step is not None:
         run.metrics(step, _finite(out["metrics"]))
-    return clean({
+    return jsonable({
         "metrics": out["metrics"],
         "higher_is_better": out.get("higher_is_better", {}),
         "task_fingerprints": lm_eval_bridge.fingerprints(spec.tasks, [spec.task_dir] if spec.task_dir else []),

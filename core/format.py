@@ -1,8 +1,29 @@
-"""Numbers as people read them (shared by the CLI and the pages)."""
+"""Values as people read them (shared by the CLI and the pages), and as every
+database backend stores them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON that SQLite and PostgreSQL both take: numpy/torch scalars to Python,
+    NaN/inf to None (PostgreSQL's json rejects them), NUL characters dropped from text
+    (PostgreSQL rejects them), tuples to lists, anything else to its text."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
 
 
 def human_bytes(n: Any) -> str:

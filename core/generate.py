@@ -182,7 +182,7 @@ def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stat
     stats = stats if stats is not None else Stats()
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     stats.prompt_tokens = int(inputs["input_ids"].shape[1])
-    context = _context_length(model)
+    context = context_length(model)
     if context and stats.prompt_tokens >= context:
         raise ValueError(
             f"the prompt is {stats.prompt_tokens} tokens and this model reads at most {context}: "
@@ -252,7 +252,7 @@ def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stat
         yield full[len(shown):]
 
 
-def _context_length(model) -> Optional[int]:
+def context_length(model) -> Optional[int]:
     """How many positions the model was built for (None: no fixed limit known)."""
     config = model.config
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)

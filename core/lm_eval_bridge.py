@@ -26,12 +26,13 @@ only needs `local_tasks()`.
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import yaml
+
+from core.format import jsonable
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -122,7 +123,7 @@ def run(
         "num_fewshot": results.get("n-shot", {}),
         "lm_eval_version": __version__,
     }
-    return _jsonable({**_metrics(results), "samples": _samples(results), "versions": results["versions"],
+    return jsonable({**_metrics(results), "samples": _samples(results), "versions": results["versions"],
                       "n_samples": results["n-samples"], "config": config})
 
 
@@ -331,18 +332,3 @@ def _texts(sample: dict, output_type: str) -> tuple[str, str, str]:
         reference = " | ".join(choices[g] if isinstance(g, int) and 0 <= g < len(choices) else str(g) for g in gold)
         return prompt, reference, choices[best]
     return prompt, str(target), str(resps[0])  # generated text (or a log-likelihood for other types)
-
-
-def _jsonable(value):
-    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

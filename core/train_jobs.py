@@ -156,19 +156,33 @@ def _load_base(spec: SFTSpec, path: Path, device: str):
     return model
 
 
-def _checkpoint_of(job_id: int) -> Path:
-    """The latest complete checkpoint of a run, or of the runs it resumed.
-    Complete = trainer_state.json is there (transformers writes it last)."""
+def run_checkpoints(job_id: int) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint of a run and of the runs it
+    resumed, in step order. Complete = trainer_state.json is there (transformers
+    writes it last)."""
+    found: dict[int, Path] = {}
     seen: set[int] = set()
     current: Optional[int] = job_id
     while current and current not in seen:
         seen.add(current)
         folder = jobs.run_dir(current) / "checkpoints"
-        found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()] if folder.exists() else []
-        if found:
-            return max(found, key=lambda p: int(p.name.split("-")[1]))
-        current = jobs.get(current).resumed_from
-    raise BadInput(f"job {job_id} left no complete checkpoint to resume from")
+        for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else []:
+            step = ckpt.name.split("-")[-1]
+            if step.isdigit() and (ckpt / "trainer_state.json").is_file():
+                found.setdefault(int(step), ckpt)  # a later run's copy of a step wins
+        try:
+            current = jobs.get(current).resumed_from
+        except jobs.JobNotFound:  # the older run's row is gone: no older checkpoints
+            current = None
+    return sorted(found.items())
+
+
+def _checkpoint_of(job_id: int) -> Path:
+    """The latest complete checkpoint of a run, or of the runs it resumed."""
+    found = run_checkpoints(job_id)
+    if not found:
+        raise BadInput(f"job {job_id} left no complete checkpoint to resume from")
+    return found[-1][1]
 
 
 def has_checkpoint(job_id: int) -> bool:

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core import eval_jobs, evals, generate, jobs, judge, models, scoring
+from core.format import jsonable
 from core.specs import (
     CreateModelSpec,
     EvalGenerationSpec,
@@ -261,7 +262,7 @@ def test_parse_grade():
 def test_rubric_is_filled_in_one_pass_and_results_are_storable():
     rubric = judge.RubricText("r", "Q: {question} R: {reference} A: {answer} {\"score\": N}")
     assert rubric.fill("what is {answer}?", "ref", "{reference}!") == 'Q: what is {answer}? R: ref A: {reference}! {"score": N}'
-    assert eval_jobs.clean({"a": float("nan"), "b": [float("inf"), 1.5], "t": "x\x00y"}) == {"a": None, "b": [None, 1.5], "t": "xy"}
+    assert jsonable({"a": float("nan"), "b": [float("inf"), 1.5], "t": "x\x00y"}) == {"a": None, "b": [None, 1.5], "t": "xy"}
     assert judge.parse_grade("", 1, 5).error == "no score in the reply"
 
 
