@@ -5,11 +5,12 @@
 
 import streamlit as st
 
-from core import charts, jobs
+from core import charts
+from core.jobs import lifecycle as jobs
 from core.format import human_bytes
 from ui import common
 
-common.setup_page("Dashboard", ":material/dashboard:")
+common.setup_page("Dashboard", "dashboard")
 st.title("LLM Development Platform")
 st.caption("Create or import a model, fine-tune and align it, evaluate, chat, export and serve it.")
 

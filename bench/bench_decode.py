@@ -31,7 +31,7 @@ SECTION = "## Playground decode: generate.stream vs plain model.generate (`bench
 
 
 def timed_stream(model, tokenizer, text: str, settings) -> dict:
-    from core import generate
+    from core.inference import generate
 
     stats = generate.Stats()
     start = time.perf_counter()
@@ -86,9 +86,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from core import generate, jobs, models
-    from core.model_cache import ModelCache, default_budget
-    from core.specs import AddStarterSpec
+    from core.inference import generate
+    from core.inference.cache import ModelCache, default_budget
+    from core.jobs import lifecycle as jobs
+    from core.models import registry as models
+    from core.models.starter import AddStarterSpec
 
     torch.set_num_threads(args.threads)
     job = jobs.wait(jobs.submit(AddStarterSpec(name="starter")), timeout_s=1800)

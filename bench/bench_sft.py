@@ -26,8 +26,8 @@ DATA = ROOT / "assets" / "samples" / "instructions.jsonl"
 
 
 def platform_run(steps: int, packing: bool, name: str) -> dict:
-    from core import jobs
-    from core.specs import SFTSpec
+    from core.jobs import lifecycle as jobs
+    from core.training.sft import SFTSpec
 
     spec = SFTSpec(model="starter", dataset="instructions", output_name=name, method="lora", max_steps=steps,
                    batch_size=4, learning_rate=2e-4, max_length=256, packing=packing, eval_steps=0, save_steps=10_000)
@@ -53,8 +53,10 @@ def main() -> None:
     os.environ.update(LLMDEV_HOME=str(home), LLMDEV_AUTO_STARTER="0", TOKENIZERS_PARALLELISM="false")
     os.environ.pop("DATABASE_URL", None)
     sys.path.insert(0, str(ROOT))
-    from core import jobs, models
-    from core.specs import AddStarterSpec, ImportDatasetSpec
+    from core.data.importer import ImportDatasetSpec
+    from core.jobs import lifecycle as jobs
+    from core.models import registry as models
+    from core.models.starter import AddStarterSpec
 
     for spec in (AddStarterSpec(name="starter"), ImportDatasetSpec(path=str(DATA), name="instructions")):
         job = jobs.wait(jobs.submit(spec), timeout_s=1800)

@@ -1,1 +1,1 @@
-"""All the platform's logic: specs, jobs, workers, models. Never imports streamlit."""
+"""All the platform's logic, grouped by stage (see kinds.py for every job kind). Never imports streamlit."""

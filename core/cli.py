@@ -1,48 +1,50 @@
-"""Every UI action as a command.
+"""Every UI action as a command. Each job kind's command (its flags, their
+choices and defaults) is derived from its spec in core/kinds.py; the replay
+command a job shows is the same command with the same flags.
 
-    python -m core models list [--json]
-    python -m core models show MODEL [--json]
-    python -m core models create --arch gpt2|llama --size tiny|small --name NAME [--wait]
-    python -m core models add-starter [--name NAME] [--wait]
-    python -m core models import PATH_OR_HUB_ID --name NAME [--revision REV] [--wait]
+    python -m core run SPEC.yaml [--wait] [--json]          any kind (`kind:` in the file)
+    python -m core train SPEC.yaml [--wait]                  the same, kind sft by default
+    python -m core train sft --model M --dataset D --output-name OUT [--max-steps N ...] [--wait]
+    python -m core train resume JOB_ID [--wait]
+    python -m core models create|add-starter|import|merge ... [--wait] [--json]
+    python -m core models list|show MODEL [--json]
     python -m core models rename MODEL NEW_NAME
     python -m core models delete MODEL --yes
     python -m core data import PATH --name NAME [--format F] [--map FIELD=COLUMN] [--drop-bad-rows] [--wait]
-    python -m core data list|show [--json]
+    python -m core data list|show DATASET [--json]
     python -m core data delete DATASET --yes
-    python -m core train SPEC.yaml [--wait]
-    python -m core train resume JOB_ID [--wait]
-    python -m core models merge ADAPTER --name NAME [--wait]
     python -m core generate --model NAME [--max-new-tokens N] [--temperature T] [--seed S] PROMPT
-    python -m core eval perplexity|generation|judge --model NAME --dataset NAME [--checkpoints] [--wait] [--json]
-    python -m core eval judge ... (--judge-model NAME | --judge-url URL [--judge-api-key-env VAR]) [--rubric NAME]
-    python -m core eval lm-eval --model NAME --task TASK [--task-dir DIR] [--limit N] [--wait] [--json]
+    python -m core eval perplexity|generation|judge|lm-eval --model NAME ... [--checkpoints] [--wait] [--json]
     python -m core eval results [--json]
     python -m core eval samples JOB_ID [--step N] [--json]
     python -m core eval rubric list|show NAME|save NAME --file F [--scale-min 1 --scale-max 5]
-    python -m core jobs pause ID [--wait]
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
-    python -m core jobs cancel ID [--wait]
+    python -m core jobs cancel|pause ID [--wait]
     python -m core jobs logs ID [--lines N] [--follow]
     python -m core jobs wait ID
 
-A command that starts a job prints the job id as its last line; with --wait it
-shows progress and exits non-zero (saying why) unless the job succeeded.
+`python -m core <noun> <verb> --help` lists a command's flags with their docs.
+A command that starts a job prints the job id as its last line (with --json,
+a JSON record); with --wait it shows progress and exits non-zero (saying why)
+unless the job succeeded. Bad input exits with 2 and a message naming the field.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from core import datasets, jobs, models
+from core.data import registry as datasets
 from core.format import human_bytes, human_count
-from core.specs import AddStarterSpec, CreateModelSpec, ImportDatasetSpec, ImportModelSpec, SpecError
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.spec import Spec, SpecError
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -104,15 +106,83 @@ def _wait_and_report(job_id: int) -> int:
     return 1
 
 
-def _submit(spec: Any, wait: bool) -> int:
+def _started(job_id: int, wait: bool, as_json: bool) -> int:
+    """Report a queued job: its id last (or a JSON record), after waiting if asked."""
+    code = _wait_and_report(job_id) if wait else 0
+    if as_json:
+        job = jobs.get(job_id)
+        _print_json({"job_id": job_id, "status": job.status, "error": job.error, **(job.result or {})})
+    else:
+        print(job_id)
+    return code
+
+
+def submit_spec(spec: Spec, wait: bool = False, as_json: bool = False) -> int:
     job_id = jobs.submit(spec)
     print(f"{spec.title()}: job {job_id}", file=sys.stderr)
-    if wait:
-        code = _wait_and_report(job_id)
-        print(job_id)
-        return code
-    print(job_id)
-    return 0
+    return _started(job_id, wait, as_json)
+
+
+# --- commands derived from the specs ------------------------------------------------------
+
+# argparse values that are not spec fields
+_NOT_FIELDS = {"func", "spec_cls", "wait", "json", "noun", "verb", "what", "default_kind"}
+
+
+def _field_help(cls: type[Spec], name: str) -> str:
+    text = cls.doc(name).replace("%", "%%")
+    choices = cls.choices(name)
+    if choices:
+        text += " One of: " + ", ".join(repr(c) if c == "" else str(c) for c in choices) + "."
+    low, high = cls.bounds(name)
+    if low is not None and high is not None:
+        text += f" From {low:g} to {high:g}."
+    elif low is not None:
+        text += f" At least {low:g}."
+    info = cls.model_fields[name]
+    if info.is_required():
+        text += " (required)"
+    elif cls.default(name) not in (None, "", [], {}):
+        text += f" Default: {cls.default(name)}."
+    return text
+
+
+def add_spec_command(verbs, cls: type[Spec]) -> None:
+    """One job kind's command: a flag per field (a positional argument for the
+    fields in `positional`), typed and checked by the spec itself."""
+    doc = (cls.__doc__ or "").strip()
+    c = verbs.add_parser(cls.command[-1], help=doc.split("\n")[0], description=doc)
+    for name in cls.field_names():
+        helptext = _field_help(cls, name)
+        if name in cls.positional:
+            c.add_argument(name, help=helptext)
+            continue
+        flag, kind = "--" + cls.flag(name), cls.base_type(name)
+        common = dict(dest=name, default=argparse.SUPPRESS, help=helptext)
+        if kind is bool:
+            c.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind is dict:
+            c.add_argument(flag, action="append", metavar="FIELD=VALUE", **common)
+        elif kind is list:
+            c.add_argument(flag, action="append", metavar="VALUE", **common)
+        else:
+            choices = cls.choices(name)
+            metavar = "{" + ",".join(str(x) or '""' for x in choices) + "}" if choices else name.upper()
+            c.add_argument(flag, metavar=metavar, **common)
+        if name in cls.secrets:
+            c.add_argument(f"{flag}-env", dest=f"{name}_env", metavar="VAR", default=argparse.SUPPRESS,
+                           help="read it from this environment variable (a key in the arguments shows in the process list)")
+    c.add_argument("--wait", action="store_true", help="wait for the job and report how it ended")
+    c.add_argument("--json", action="store_true", help="print the job as JSON (with --wait: its result too)")
+    c.set_defaults(func=spec_command, spec_cls=cls)
+
+
+def spec_from_args(cls: type[Spec], args: argparse.Namespace) -> Spec:
+    return cls(**{k: v for k, v in vars(args).items() if k not in _NOT_FIELDS})
+
+
+def spec_command(args) -> int:
+    return submit_spec(spec_from_args(args.spec_cls, args), args.wait, args.json)
 
 
 # --- models -------------------------------------------------------------------------
@@ -149,30 +219,6 @@ def models_show(args) -> int:
     return 0
 
 
-def models_create(args) -> int:
-    spec = CreateModelSpec(
-        name=args.name,
-        arch=args.arch,
-        size=args.size,
-        n_layer=args.n_layer,
-        hidden_size=args.hidden_size,
-        n_head=args.n_head,
-        context_length=args.context_length,
-        vocab_size=args.vocab_size,
-        corpus=args.corpus or "",
-        seed=args.seed,
-    )
-    return _submit(spec, args.wait)
-
-
-def models_add_starter(args) -> int:
-    return _submit(AddStarterSpec(name=args.name), args.wait)
-
-
-def models_import(args) -> int:
-    return _submit(ImportModelSpec(source=args.source, name=args.name, revision=args.revision or ""), args.wait)
-
-
 def models_rename(args) -> int:
     row = models.rename(models.find(args.model).id, args.new_name)
     print(f"model {row.id} is now '{row.name}'")
@@ -194,40 +240,6 @@ def models_delete(args) -> int:
 
 
 # --- data sets ------------------------------------------------------------------------
-
-
-def _mapping(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        key, sep, col = pair.partition("=")
-        if not sep or not key or not col:
-            raise ValueError(f"--map {pair!r}: write it as FIELD=COLUMN, e.g. --map response=answer")
-        out[key.strip()] = col.strip()
-    return out
-
-
-def data_import(args) -> int:
-    spec = ImportDatasetSpec(
-        path=args.path,
-        name=args.name,
-        format=args.format or "",
-        mapping=_mapping(args.map),
-        drop_bad_rows=args.drop_bad_rows,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-        tokenizer_model=args.tokenizer_model or "",
-    )
-    # Check every row here first: a refused file registers nothing and says why.
-    parsed = datasets.read_file(Path(spec.path))
-    norm = datasets.normalize(parsed, spec.format or None, spec.mapping)
-    if norm.problems:
-        print(f"{len(norm.problems)} bad row(s) in {Path(spec.path).name}:\n{norm.report()}", file=sys.stderr)
-        if not spec.drop_bad_rows:
-            print("nothing imported: fix the file, or import the good rows with --drop-bad-rows", file=sys.stderr)
-            return 1
-        print(f"importing the {len(norm.rows)} good row(s) (--drop-bad-rows)", file=sys.stderr)
-    print(f"format: {norm.format}; columns: " + ", ".join(f"{k} <- {v}" for k, v in norm.mapping.items()), file=sys.stderr)
-    return _submit(spec, args.wait)
 
 
 def data_list(args) -> int:
@@ -254,54 +266,62 @@ def data_delete(args) -> int:
 # --- training -------------------------------------------------------------------------
 
 
-def load_spec_file(path: str) -> Any:
-    """A job spec from a YAML (or JSON) file; `kind` selects the job."""
+def load_spec_file(path: str, default_kind: str = "") -> Spec:
+    """A job spec from a YAML (or JSON) file; `kind` selects the job. Every
+    problem is named with the file, and the line where there is one."""
     import yaml
 
-    from core.specs import spec_from_dict
+    from core.kinds import spec_from_dict
 
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ValueError(f"{path}: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValueError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ValueError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a spec (a spec is one mapping of fields)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of fields (kind: sft, model: ..., ...)")
-    data.setdefault("kind", "sft")
+    if default_kind:
+        data.setdefault("kind", default_kind)
     try:
         return spec_from_dict(data)
     except SpecError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    except TypeError as exc:  # a required field is missing
-        raise ValueError(f"{path}: {str(exc).split('__init__() ')[-1]}") from None
+        line = _yaml_line(text, exc.field.split(".")[0])
+        raise ValueError(f"{path}:{f' line {line}:' if line else ''} {exc}") from None
 
 
-def train(args) -> int:
-    if args.spec == "resume":
-        if not args.job:
-            raise ValueError("usage: python -m core train resume JOB_ID [--wait]")
-        from core.train_jobs import resume
+def _yaml_line(text: str, key: str) -> int:
+    """The line of a top-level key in a YAML mapping (0: not found)."""
+    import yaml
 
-        job_id = resume(int(args.job))
-        print(f"resuming job {args.job}: job {job_id}", file=sys.stderr)
-        if args.wait:
-            code = _wait_and_report(job_id)
-            print(job_id)
-            return code
-        print(job_id)
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
         return 0
-    return _submit(load_spec_file(args.spec), args.wait)
+    for key_node, _ in getattr(node, "value", []) if isinstance(node, yaml.MappingNode) else []:
+        if getattr(key_node, "value", None) in (key, f"{key}_env"):
+            return key_node.start_mark.line + 1
+    return 0
 
 
-def models_merge(args) -> int:
-    from core.specs import MergeAdapterSpec
+def run_file(args) -> int:
+    return submit_spec(load_spec_file(args.spec, args.default_kind), args.wait, args.json)
 
-    return _submit(MergeAdapterSpec(model=args.model, output_name=args.name), args.wait)
+
+def train_resume(args) -> int:
+    from core.training.common import resume
+
+    job_id = resume(args.job)
+    print(f"resuming job {args.job}: job {job_id}", file=sys.stderr)
+    return _started(job_id, args.wait, args.json)
 
 
 def jobs_pause(args) -> int:
@@ -318,7 +338,7 @@ def jobs_pause(args) -> int:
 
 def generate_cmd(args) -> int:
     """Stream a reply to the terminal as it is generated."""
-    from core import generate
+    from core.inference import generate
 
     row = models.find(args.model)
     settings = generate.Settings(
@@ -348,52 +368,8 @@ def generate_cmd(args) -> int:
 # --- evaluation -----------------------------------------------------------------------
 
 
-def eval_submit(args) -> int:
-    """Start an evaluation; with --wait --json print its result as JSON."""
-    from core import specs
-
-    common = dict(model=args.model, seed=args.seed)
-    if args.what == "lm-eval":
-        spec: Any = specs.EvalLmEvalSpec(**common, tasks=args.task or [], task_dir=args.task_dir or "", limit=args.limit,
-                                         batch_size=args.batch_size or 8)
-    else:
-        common.update(dataset=args.dataset or "", split=args.split, checkpoints=args.checkpoints)
-        if args.max_samples is not None:
-            common["max_samples"] = args.max_samples
-        if args.what == "perplexity":
-            spec = specs.EvalPerplexitySpec(**common, max_length=args.max_length, stride=args.stride)
-        else:
-            gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       batch_size=args.batch_size or 8)
-            if args.what == "generation":
-                spec = specs.EvalGenerationSpec(**common, **gen)
-            else:
-                key = args.judge_api_key or ""
-                if args.judge_api_key_env:
-                    import os
-
-                    key = os.environ.get(args.judge_api_key_env, "")
-                    if not key:
-                        raise ValueError(f"--judge-api-key-env: the environment variable {args.judge_api_key_env} is not set")
-                spec = specs.EvalJudgeSpec(
-                    **common, **gen, judge_model=args.judge_model or "", judge_url=args.judge_url or "",
-                    judge_api_key=key, judge_endpoint_model=args.judge_endpoint_model or "", rubric=args.rubric,
-                )
-    if not args.json:
-        return _submit(spec, args.wait)
-    job_id = jobs.submit(spec)
-    print(f"{spec.title()}: job {job_id}", file=sys.stderr)
-    if not args.wait:
-        _print_json({"job_id": job_id, "status": "queued"})
-        return 0
-    code = _wait_and_report(job_id)
-    job = jobs.get(job_id)
-    _print_json({"job_id": job_id, "status": job.status, "error": job.error, **(job.result or {})})
-    return code
-
-
 def eval_results(args) -> int:
-    from core import evals
+    from core.evaluation import results as evals
 
     jobs.refresh()
     rows = evals.results_rows()
@@ -406,7 +382,7 @@ def eval_results(args) -> int:
 
 
 def eval_samples(args) -> int:
-    from core import evals
+    from core.evaluation import results as evals
 
     jobs.get(args.id)
     rows = evals.samples(args.id, args.step)
@@ -426,12 +402,12 @@ def eval_samples(args) -> int:
 
 
 def eval_rubric(args) -> int:
-    from core import judge
+    from core.evaluation import judge
 
-    if args.verb == "list":
+    if args.rubric_verb == "list":
         for r in judge.rubrics():
             print(f"{r.name}  (scale {r.scale_min}-{r.scale_max})")
-    elif args.verb == "show":
+    elif args.rubric_verb == "show":
         r = judge.get_rubric(args.name)
         print(f"# scale {r.scale_min}-{r.scale_max}\n{r.text}")
     else:
@@ -513,10 +489,29 @@ def jobs_wait(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core", description="LLM Development Platform command line")
-    nouns = p.add_subparsers(dest="noun", required=True)
+    from core.kinds import KINDS
 
-    m = nouns.add_parser("models", help="create, import, list and manage models").add_subparsers(dest="verb", required=True)
+    p = argparse.ArgumentParser(prog="python -m core", description="LLM Development Platform command line")
+    top = p.add_subparsers(dest="noun", required=True)
+    nouns = {
+        "models": top.add_parser("models", help="create, import, list and manage models"),
+        "data": top.add_parser("data", help="import, list and manage data sets"),
+        "train": top.add_parser("train", help="train a model (SPEC.yaml, a kind, or resume a run)"),
+        "eval": top.add_parser("eval", help="evaluate models; results, samples, judge rubrics"),
+        "jobs": top.add_parser("jobs", help="watch and control jobs"),
+    }
+    verbs = {noun: parser.add_subparsers(dest="verb", required=True) for noun, parser in nouns.items()}
+    for kind in KINDS.values():  # the commands that start a job, from the specs
+        add_spec_command(verbs[kind.spec.command[0]], kind.spec)
+
+    c = top.add_parser("run", help="run a spec file of any kind (the YAML a page shows)")
+    c.add_argument("spec", help="a YAML (or JSON) spec file with `kind:` and the fields")
+    c.add_argument("--wait", action="store_true")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--default-kind", default="", help=argparse.SUPPRESS)  # `train FILE`: sft
+    c.set_defaults(func=run_file)
+
+    m = verbs["models"]
     c = m.add_parser("list", help="all models")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=models_list)
@@ -524,34 +519,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="id or name")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=models_show)
-    c = m.add_parser("create", help="a new model from a config, with a tokenizer trained on a local corpus")
-    c.add_argument("--name", required=True)
-    c.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
-    c.add_argument("--size", choices=["tiny", "small", "custom"], default="tiny")
-    c.add_argument("--n-layer", type=int)
-    c.add_argument("--hidden-size", type=int)
-    c.add_argument("--n-head", type=int)
-    c.add_argument("--context-length", type=int)
-    c.add_argument("--vocab-size", type=int)
-    c.add_argument("--corpus", help="UTF-8 text file for the tokenizer (default: assets/corpus.txt)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--wait", action="store_true", help="wait for the job and report how it ended")
-    c.set_defaults(func=models_create)
-    c = m.add_parser("add-starter", help="convert the shipped SmolLM2-135M-Instruct GGUF to a model folder")
-    c.add_argument("--name", default=AddStarterSpec.name)
-    c.add_argument("--wait", action="store_true")
-    c.set_defaults(func=models_add_starter)
-    c = m.add_parser("import", help="import a local folder, a .gguf file or a Hub id")
-    c.add_argument("source", help="folder, .gguf file or Hub id")
-    c.add_argument("--name", required=True)
-    c.add_argument("--revision")
-    c.add_argument("--wait", action="store_true")
-    c.set_defaults(func=models_import)
-    c = m.add_parser("merge", help="fold a LoRA adapter into its base model")
-    c.add_argument("model", help="the adapter: id or name")
-    c.add_argument("--name", required=True, help="name of the merged model")
-    c.add_argument("--wait", action="store_true")
-    c.set_defaults(func=models_merge)
     c = m.add_parser("rename", help="rename a model")
     c.add_argument("model")
     c.add_argument("new_name")
@@ -561,18 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true", help="confirm")
     c.set_defaults(func=models_delete)
 
-    d = nouns.add_parser("data", help="import, list and manage data sets").add_subparsers(dest="verb", required=True)
-    c = d.add_parser("import", help="import a JSONL, JSON, CSV or Parquet file (every row is checked)")
-    c.add_argument("path")
-    c.add_argument("--name", required=True)
-    c.add_argument("--format", choices=["text", "instruction", "chat", "preference", "prompt"], help="default: detected")
-    c.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="override the column mapping")
-    c.add_argument("--drop-bad-rows", action="store_true", help="import the good rows, report the bad ones")
-    c.add_argument("--validation-fraction", type=float, default=0.1)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--tokenizer-model", help="model whose tokenizer measures token statistics")
-    c.add_argument("--wait", action="store_true")
-    c.set_defaults(func=data_import)
+    d = verbs["data"]
     c = d.add_parser("list")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=data_list)
@@ -585,13 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--yes", action="store_true")
     c.set_defaults(func=data_delete)
 
-    t = nouns.add_parser("train", help="run a training spec file, or resume a paused run")
-    t.add_argument("spec", help="a YAML spec file (kind: sft, model, dataset, method, output_name, ...) or 'resume'")
-    t.add_argument("job", nargs="?", help="with 'resume': the job to continue")
-    t.add_argument("--wait", action="store_true")
-    t.set_defaults(func=train)
+    c = verbs["train"].add_parser("resume", help="continue a paused, cancelled or failed run from its last checkpoint")
+    c.add_argument("job", type=int, help="the job to continue")
+    c.add_argument("--wait", action="store_true")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=train_resume)
 
-    g = nouns.add_parser("generate", help="stream a model's reply to a prompt")
+    g = top.add_parser("generate", help="stream a model's reply to a prompt")
     g.add_argument("prompt")
     g.add_argument("--model", required=True, help="id or name (adapters are put on their base)")
     g.add_argument("--max-new-tokens", type=int, default=128)
@@ -605,43 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="no chat template: continue the prompt as plain text")
     g.set_defaults(func=generate_cmd)
 
-    e = nouns.add_parser("eval", help="evaluate models; results, samples, judge rubrics").add_subparsers(dest="what", required=True)
-    for what, text in (
-        ("perplexity", "perplexity on the text of a data set (sliding window)"),
-        ("generation", "BLEU, chrF, ROUGE, exact match and contains-answer against the references"),
-        ("judge", "a judge model or OpenAI-compatible endpoint grades the answers with a rubric"),
-        ("lm-eval", "lm-evaluation-harness tasks with local data"),
-    ):
-        c = e.add_parser(what, help=text)
-        c.add_argument("--model", required=True, help="id or name (adapters are put on their base)")
-        c.add_argument("--seed", type=int, default=0)
-        c.add_argument("--batch-size", type=int)
-        c.add_argument("--wait", action="store_true")
-        c.add_argument("--json", action="store_true", help="with --wait: print the result (metrics) as JSON")
-        if what == "lm-eval":
-            c.add_argument("--task", action="append", help="task name (repeatable); local tasks ship in assets/lm_eval_tasks")
-            c.add_argument("--task-dir", help="a folder of your own task YAML files (local data only)")
-            c.add_argument("--limit", type=int, default=0, help="documents per task (0: all)")
-        else:
-            c.add_argument("--dataset", required=True, help="id or name")
-            c.add_argument("--split", choices=["auto", "validation", "train", "all"], default="auto")
-            c.add_argument("--max-samples", type=int, help="first N rows (0: all)")
-            c.add_argument("--checkpoints", action="store_true", help="also evaluate the training run's checkpoints")
-        if what == "perplexity":
-            c.add_argument("--max-length", type=int, default=0, help="window in tokens (0: model context, max 1024)")
-            c.add_argument("--stride", type=int, default=0, help="window step (0: half the window)")
-        if what in ("generation", "judge"):
-            c.add_argument("--max-new-tokens", type=int, default=64)
-            c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-            c.add_argument("--top-p", type=float, default=1.0)
-        if what == "judge":
-            c.add_argument("--judge-model", help="a registered model as judge")
-            c.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-            c.add_argument("--judge-api-key", help="the key itself (visible in the process list: prefer --judge-api-key-env)")
-            c.add_argument("--judge-api-key-env", metavar="VAR", help="read the key from this environment variable")
-            c.add_argument("--judge-endpoint-model", help="model name sent to the endpoint")
-            c.add_argument("--rubric", default="default")
-        c.set_defaults(func=eval_submit)
+    e = verbs["eval"]
     c = e.add_parser("results", help="every finished evaluation with its metrics")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=eval_results)
@@ -650,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--step", type=int, help="a checkpoint's step (default: the model itself)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=eval_samples)
-    r = e.add_parser("rubric", help="the judge's stored rubrics").add_subparsers(dest="verb", required=True)
+    r = e.add_parser("rubric", help="the judge's stored rubrics").add_subparsers(dest="rubric_verb", required=True)
     c = r.add_parser("list")
     c.set_defaults(func=eval_rubric)
     c = r.add_parser("show")
@@ -663,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-max", type=int, default=5)
     c.set_defaults(func=eval_rubric)
 
-    j = nouns.add_parser("jobs", help="watch and control jobs").add_subparsers(dest="verb", required=True)
+    j = verbs["jobs"]
     c = j.add_parser("list")
     c.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     c.add_argument("--json", action="store_true")
@@ -691,12 +611,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_file_alias(argv: list[str]) -> list[str]:
+    """`train SPEC.yaml` is `run SPEC.yaml` with kind sft by default."""
+    from core.kinds import KINDS
+
+    train_verbs = {k.spec.command[-1] for k in KINDS.values() if k.spec.command[0] == "train"} | {"resume"}
+    if len(argv) >= 2 and argv[0] == "train" and argv[1] not in train_verbs and not argv[1].startswith("-"):
+        return ["run", argv[1], "--default-kind", "sft", *argv[2:]]
+    return argv
+
+
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_train_file_alias(argv))
     func: Callable[[Any], int] = args.func
     try:
         return func(args)
-    except (SpecError, models.ModelError, datasets.DatasetError, jobs.JobNotFound, ValueError) as exc:
-        # BadInput (core.run) is a ValueError too: a resume that cannot be done
+    except (ValueError, LookupError, OSError) as exc:
+        # SpecError, ModelError, DatasetError and BadInput are ValueErrors; JobNotFound a LookupError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if os.environ.get("LLMDEV_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (a bug: set LLMDEV_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,6 +1,6 @@
 """Run one job: `python -m core.worker <job_id>`.
 
-Started by `core.jobs` as the leader of its own process session, stdout/stderr
+Started by `core.jobs.lifecycle` as the leader of its own process session, stdout/stderr
 going to runs/<id>/log.txt; it can also be run by hand on a queued job.
 
 It is two processes. This one, the supervisor, imports no torch: it claims the
@@ -14,7 +14,6 @@ kills it; either way it then starts the next queued job.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -24,27 +23,14 @@ import threading
 import time
 import traceback
 
-from core.run import BadInput, Cancelled, Run
+from core.jobs.run import BadInput, Cancelled, Run
 
-# What runs each job kind ("module:function", imported only in the job process).
-RUNNERS: dict[str, str] = {
-    "create_model": "core.model_jobs:run_create_model",
-    "add_starter": "core.model_jobs:run_add_starter",
-    "import_model": "core.model_jobs:run_import_model",
-    "import_dataset": "core.data_jobs:run_import_dataset",
-    "sft": "core.train_jobs:run_sft",
-    "merge_adapter": "core.train_jobs:run_merge_adapter",
-    "eval_perplexity": "core.eval_jobs:run_eval_perplexity",
-    "eval_generation": "core.eval_jobs:run_eval_generation",
-    "eval_judge": "core.eval_jobs:run_eval_judge",
-    "eval_lm_eval": "core.eval_jobs:run_eval_lm_eval",
-}
 SIGNAL_NAMES = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT"}
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
     """(error class, message a person can act on)."""
-    from core.specs import SpecError
+    from core.spec import SpecError
 
     name, text = type(exc).__name__, str(exc)
     if isinstance(exc, (BadInput, SpecError)):
@@ -60,14 +46,6 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "crashed", f"{name}: {text}"
 
 
-def _load_runner(kind: str):
-    target = RUNNERS.get(kind)
-    if target is None:
-        raise BadInput(f"no worker for job kind {kind!r}")
-    module, func = target.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 # --- the job process ------------------------------------------------------------------
 
 
@@ -77,14 +55,14 @@ def run_job(job_id: int) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    from core import jobs
-    from core.specs import spec_from_dict
+    from core.jobs import lifecycle as jobs
+    from core.kinds import KINDS, spec_from_dict
 
     if int(os.environ.get("RANK", "0")) != 0:
         # another DDP rank: it trains; rank 0 reports and records the end
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
         try:
-            _load_runner(spec.kind)(spec, Run(job_id, stop))
+            KINDS[spec.kind].run(spec, Run(job_id, stop))
         except Cancelled:
             pass
         return 0
@@ -92,7 +70,7 @@ def run_job(job_id: int) -> int:
     status, error_class, error, result = "failed", "crashed", "", None
     try:
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
-        runner = _load_runner(spec.kind)
+        runner = KINDS[spec.kind].run
         run = Run(job_id, stop)
         run.check_cancel()
         result = runner(spec, run) or {}
@@ -104,7 +82,7 @@ def run_job(job_id: int) -> int:
         traceback.print_exc()
         sys.stderr.flush()
         error_class, error = _classify(exc)
-    jobs._finish(job_id, status, error_class=error_class, error=error, result=result)
+    jobs.finish(job_id, status, error_class=error_class, error=error, result=result)
     print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
     return 0 if status == "succeeded" else 1
 
@@ -116,13 +94,13 @@ def _claim(job_id: int) -> bool:
     """Make this process the job's worker; False if it is not ours to run."""
     from sqlalchemy import or_, update
 
-    from core import jobs
+    from core.jobs import lifecycle as jobs
     from storage.db import session
     from storage.tables import Job, utcnow
 
     me, now = os.getpid(), utcnow()
     with session() as s:
-        # queued: started by hand; running with no pid or ours: started by core.jobs
+        # queued: started by hand; running with no pid or ours: started by core.jobs.lifecycle
         claimed = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "queued")
@@ -136,9 +114,12 @@ def _claim(job_id: int) -> bool:
 
 
 def _processes(job) -> int:
-    """How many training processes a job gets (DDP when more than one)."""
-    if job.kind != "sft":
-        return 1
+    """How many training processes a job gets (DDP when more than one): what a
+    training spec asks for, else one per GPU."""
+    from core.kinds import KINDS
+
+    if job.kind not in KINDS or not KINDS[job.kind].spec.trains:
+        return 1  # an unknown kind fails in the job process, saying so
     asked = int((job.spec or {}).get("processes") or 0)
     if asked:
         return asked
@@ -173,7 +154,8 @@ def _kill_tree(pid: int) -> None:
 def supervise(job_id: int) -> int:
     from sqlalchemy import select, update
 
-    from core import config, jobs
+    from core import config
+    from core.jobs import lifecycle as jobs
     from storage.db import session
     from storage.tables import Job, utcnow
 
@@ -197,7 +179,7 @@ def supervise(job_id: int) -> int:
     if jobs.get(job_id).cancel_requested_at is not None:
         request_stop()
     if cancel_at:
-        jobs._finish(job_id, "cancelled", error="cancelled before it started")
+        jobs.finish(job_id, "cancelled", error="cancelled before it started")
         jobs.refresh()
         return 1
 
@@ -242,13 +224,13 @@ def supervise(job_id: int) -> int:
 
     # The job process records its own end; if it could not, say how it died.
     if cancel_at:
-        jobs._finish(job_id, "cancelled", error="cancelled (killed after the grace period)" if code < 0 else "cancelled")
+        jobs.finish(job_id, "cancelled", error="cancelled (killed after the grace period)" if code < 0 else "cancelled")
     elif code < 0:
         name = SIGNAL_NAMES.get(-code, f"signal {-code}")
         hint = " (SIGKILL from outside is most often the out-of-memory killer)" if -code == signal.SIGKILL else ""
-        jobs._finish(job_id, "failed", error_class="lost", error=f"the job process was killed by {name}{hint}")
+        jobs.finish(job_id, "failed", error_class="lost", error=f"the job process was killed by {name}{hint}")
     else:
-        jobs._finish(job_id, "failed", error_class="crashed", error=f"the job process exited with code {code} without reporting an end")
+        jobs.finish(job_id, "failed", error_class="crashed", error=f"the job process exited with code {code} without reporting an end")
     # Drain the queue: no daemon needed.
     try:
         jobs.refresh()

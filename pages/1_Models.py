@@ -2,11 +2,13 @@
 
 import streamlit as st
 
-from core import models
-from core.specs import HUB_SUGGESTIONS, SIZE_PRESETS, AddStarterSpec, CreateModelSpec, ImportModelSpec
+from core.models import registry as models
+from core.models.create import SIZE_PRESETS, CreateModelSpec
+from core.models.importer import HUB_SUGGESTIONS, ImportModelSpec
+from core.models.starter import AddStarterSpec
 from ui import common, forms
 
-common.setup_page("Models", ":material/neurology:")
+common.setup_page("Models", "neurology")
 st.title("Models")
 common.live_jobs_panel("models")
 forms.last_submitted()
@@ -28,17 +30,17 @@ with create:
     with st.form("create_model"):
         name = st.text_input("Name", key="create_name", placeholder="my-tiny-gpt")
         c1, c2 = st.columns(2)
-        arch = c1.selectbox("Architecture", ["gpt2", "llama"], key="create_arch")
-        size = c2.selectbox(
-            "Size", ["tiny", "small", "custom"], key="create_size",
+        arch = forms.field(CreateModelSpec, "arch", "Architecture", key="create_arch", where=c1)
+        size = forms.field(
+            CreateModelSpec, "size", "Size", key="create_size", where=c2,
             help="tiny: " + str(SIZE_PRESETS["tiny"]) + " · small: " + str(SIZE_PRESETS["small"]),
         )
         with st.expander("Advanced: explicit dimensions (override the preset)"):
-            dims = forms.dims_inputs()
-            corpus = st.text_input("Tokenizer corpus (UTF-8 text file)", key="create_corpus", placeholder="assets/corpus.txt")
-            seed = st.number_input("Seed", value=0, step=1, key="create_seed")
+            dims = forms.dims_inputs(CreateModelSpec)
+            corpus = forms.field(CreateModelSpec, "corpus", "Tokenizer corpus (UTF-8 text file)", key="create_corpus", placeholder="assets/corpus.txt")
+            seed = forms.field(CreateModelSpec, "seed", "Seed", key="create_seed")
         if st.form_submit_button("Create model", type="primary"):
-            forms.submit(lambda: CreateModelSpec(name=name, arch=arch, size=size, corpus=corpus, seed=int(seed), **dims))
+            forms.submit(lambda: CreateModelSpec(name=name, arch=arch, size=size, corpus=corpus, seed=seed, **dims))
 
 with imports:
     st.markdown("**Starter model**: SmolLM2-135M-Instruct, shipped with the app; converted once, no network needed.")

@@ -6,11 +6,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import datasets
-from core.specs import ImportDatasetSpec
+from core.data import files
+from core.data import registry as datasets
+from core.data.importer import ImportDatasetSpec
 from ui import common, data, forms
 
-common.setup_page("Datasets", ":material/dataset:")
+common.setup_page("Datasets", "dataset")
 st.title("Data sets")
 common.live_jobs_panel("datasets")
 forms.last_submitted()
@@ -21,8 +22,8 @@ with add:
     source = st.radio("From", ["Sample data set", "Upload", "Path on this machine"], horizontal=True, key="data_source")
     path = None
     if source == "Sample data set":
-        sample = st.selectbox("Sample", list(datasets.SAMPLE_FILES), key="data_sample")
-        path = datasets.SAMPLES / sample
+        sample = st.selectbox("Sample", list(files.SAMPLE_FILES), key="data_sample")
+        path = files.SAMPLES / sample
     elif source == "Upload":
         upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "ndjson", "json", "csv", "parquet"], key="data_upload")
         if upload is not None:
@@ -34,10 +35,10 @@ with add:
         path = Path(typed).expanduser() if typed else None
 
     if path is not None:
-        fmt = st.selectbox("Format", ["detect", *datasets.FORMATS], key="data_format")
+        fmt = st.selectbox("Format", ["detect", *files.FORMATS], key="data_format")
         try:
             columns, norm = data.check_file(str(path), path.stat().st_mtime, None if fmt == "detect" else fmt, "{}")
-        except (datasets.DatasetError, OSError) as exc:
+        except (files.DatasetError, OSError) as exc:
             st.error(str(exc))
             st.stop()
         st.caption(f"Format **{norm.format}** · columns: " + ", ".join(f"{k} ← `{v}`" for k, v in norm.mapping.items()))
@@ -47,7 +48,7 @@ with add:
             _, tok = data.tokenizer_choice("import_tokenizer")
             if tok is not None:
                 data.rendered_example(norm.format, norm.rows[0], tok)
-        default_name = datasets.SAMPLE_FILES.get(path.name, (path.stem, None))[0]
+        default_name = files.SAMPLE_FILES.get(path.name, (path.stem, None))[0]
         with st.form("import_dataset"):
             name = st.text_input("Name", value=default_name, key=f"data_name_{path.name}")
             drop = st.checkbox("Drop the bad rows (otherwise the file is refused)", key="data_drop", disabled=not norm.problems)

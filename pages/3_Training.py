@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from core import jobs
+from core.jobs import lifecycle as jobs
+from core.kinds import training_kinds
 from ui import common, forms, training
 
-common.setup_page("Training", ":material/model_training:")
+common.setup_page("Training", "model_training")
 st.title("Fine-tuning")
 common.live_jobs_panel("training")
 forms.last_submitted()
@@ -18,7 +19,7 @@ with new:
         forms.submit(lambda: spec)
 
 with runs:
-    sft_jobs = [j for j in jobs.list_jobs() if j.kind == "sft"]
+    sft_jobs = [j for j in jobs.list_jobs() if j.kind in training_kinds()]
     if not sft_jobs:
         st.info("No training runs yet.")
     else:

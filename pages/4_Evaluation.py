@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui import common, evaluation, forms
 
-common.setup_page("Evaluation", ":material/fact_check:")
+common.setup_page("Evaluation", "fact_check")
 st.title("Evaluation")
 common.live_jobs_panel("evaluation")
 forms.last_submitted()
@@ -15,7 +15,7 @@ with new:
     spec = evaluation.spec_form()
     if spec is not None:
         with st.expander("The same from a terminal", expanded=False):
-            st.code(spec.cli() + " --wait", language="bash")
+            st.code(spec.replay() + " --wait", language="bash")
         if st.button("Start evaluation", type="primary", key="eval_start"):
             forms.submit(lambda: spec)
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 from ui import common, playground
 
-common.setup_page("Playground", ":material/forum:")
+common.setup_page("Playground", "forum")
 st.title("Playground")
 cache = playground.model_cache()
 choices = playground.model_choices()

@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from core import jobs
+from core.jobs import lifecycle as jobs
 from ui import common
 
-common.setup_page("Jobs", ":material/work_history:")
+common.setup_page("Jobs", "work_history")
 st.title("Jobs")
 st.caption("Jobs run in their own processes: closing this tab or restarting the app does not stop them.")
 common.live_jobs_panel("jobs")

@@ -72,15 +72,14 @@ def home(tmp_path, monkeypatch, request):
 
 def _worker_pids(home: Path) -> list[int]:
     """Worker processes (supervisors and job processes) of this data home."""
-    marker = f"LLMDEV_HOME={home}".encode()
+    import psutil
+
     pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["cmdline"]):
         try:
-            if b"core.worker" in (proc / "cmdline").read_bytes() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                pids.append(int(proc.name))
-        except OSError:
+            if "core.worker" in (proc.info["cmdline"] or []) and proc.environ().get("LLMDEV_HOME") == str(home):
+                pids.append(proc.pid)
+        except psutil.Error:
             pass
     return pids
 
@@ -88,7 +87,7 @@ def _worker_pids(home: Path) -> list[int]:
 def _stop_workers(home: Path) -> None:
     """Kill every worker a test left behind, even one that is only finishing up:
     with PostgreSQL the next test reuses job ids, and a late write would land there."""
-    from core import jobs
+    from core.jobs import lifecycle as jobs
 
     for pid in _worker_pids(home):
         try:

@@ -10,15 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, wait_for
-from core import jobs, models
-from core.specs import CreateModelSpec
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -119,7 +119,7 @@ def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
         server = start_server(port)
         page.goto(f"http://127.0.0.1:{port}/Jobs")
         expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
-        expect(page.get_by_text("python -m core models create --arch gpt2 --size tiny --name browser-tiny")).to_be_visible()
+        expect(page.get_by_text("python -m core models create --name browser-tiny")).to_be_visible()
         expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
         page.goto(f"http://127.0.0.1:{port}/")
         expect(page.get_by_test_id("stMetric").filter(has_text="Models").first).to_contain_text("1")
@@ -220,3 +220,39 @@ def test_chat_in_the_playground_streams_a_reply(home, browser):
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
     finally:
         stop_server(server)
+
+
+def test_no_page_asks_another_host(home, browser):
+    """Nothing leaves the machine: every request of every page (scripts, fonts,
+    icons, the favicon) goes to the app's own server."""
+    from urllib.parse import urlparse
+
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)
+    port = free_port()
+    server = start_server(port)
+    elsewhere: list[str] = []
+    try:
+        context = browser.new_context()
+
+        def route(r) -> None:
+            url = urlparse(r.request.url)
+            if url.scheme in ("data", "blob") or (url.hostname == "127.0.0.1" and url.port == port):
+                r.continue_()
+            else:
+                elsewhere.append(r.request.url)
+                r.abort()  # offline it would fail anyway; online it would tell a third party
+
+        context.route("**/*", route)
+        page = context.new_page()
+        for path, heading in [("", "LLM Development Platform"), ("Models", "Models"), ("Datasets", "Data sets"),
+                              ("Training", "Fine-tuning"), ("Evaluation", "Evaluation"), ("Playground", "Playground"),
+                              ("Jobs", "Jobs")]:
+            page.goto(f"http://127.0.0.1:{port}/{path}")
+            expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        context.close()
+    finally:
+        stop_server(server)
+    assert elsewhere == []

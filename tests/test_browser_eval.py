@@ -4,7 +4,8 @@ chart (Debian Chromium + Playwright against `streamlit run Home.py`)."""
 from __future__ import annotations
 
 from conftest import wait_for
-from core import evals, jobs
+from core.evaluation import results as evals
+from core.jobs import lifecycle as jobs
 from test_browser import ARTIFACTS, browser, free_port, pytestmark, start_server, stop_server  # noqa: F401
 from test_eval import setup  # noqa: F401  (the fixture: a tiny model and two data sets)
 

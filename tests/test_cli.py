@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from core import jobs
+from core.jobs import lifecycle as jobs
 
 
 def test_create_wait_list_show(cli):
@@ -18,7 +18,7 @@ def test_create_wait_list_show(cli):
     assert {"id", "kind", "status", "pid", "progress", "error"} <= set(shown)
     assert shown["status"] == "succeeded" and shown["kind"] == "create_model" and shown["error"] is None
     assert shown["progress"]["fraction"] == 1.0
-    assert shown["command"].startswith("python -m core models create --arch gpt2 --size tiny")
+    assert shown["command"] == "python -m core models create --name cli-tiny"
 
     listed = json.loads(cli("models", "list", "--json").stdout)
     assert [(m["name"], m["status"], m["source"]) for m in listed] == [("cli-tiny", "available", "scratch")]
@@ -81,7 +81,7 @@ def test_data_import_refuses_bad_rows_then_drops_them(cli, tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text('{"prompt": "p", "response": "r"}\n{"prompt": ""}\nnot json\n')
     refused = cli("data", "import", str(path), "--name", "mixed", "--wait")
-    assert refused.returncode == 1
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "line 2: field 'prompt' is empty" in refused.stderr and "line 3: invalid JSON" in refused.stderr
     assert json.loads(cli("data", "list", "--json").stdout) == []
     assert json.loads(cli("jobs", "list", "--json").stdout) == []
@@ -98,6 +98,7 @@ def test_data_import_with_format_and_mapping(cli, tmp_path):
     path.write_text("q,a\nWhat is 1+1?,2\n")
     out = cli("data", "import", str(path), "--name", "qa", "--format", "instruction", "--map", "prompt=q", "--map", "response=a", "--wait")
     assert out.returncode == 0, out.stderr
-    assert "prompt <- q, response <- a" in out.stderr
     listed = json.loads(cli("data", "list", "--json").stdout)
     assert [(d["name"], d["num_rows"]) for d in listed] == [("qa", 1)]
+    assert listed[0]["details"]["mapping"] == {"prompt": "q", "response": "a"}
+    assert "prompt <- q, response <- a" in cli("jobs", "logs", str(int(out.stdout.split()[-1]))).stdout

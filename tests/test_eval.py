@@ -13,17 +13,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core import eval_jobs, evals, generate, jobs, judge, models, scoring
+from core.data.importer import ImportDatasetSpec
+from core.evaluation import common as eval_common
+from core.evaluation import generation, judge, perplexity, scoring
+from core.evaluation import results as evals
+from core.evaluation.generation import EvalGenerationSpec
+from core.evaluation.judge import EvalJudgeSpec
+from core.evaluation.perplexity import EvalPerplexitySpec
 from core.format import jsonable
-from core.specs import (
-    CreateModelSpec,
-    EvalGenerationSpec,
-    EvalJudgeSpec,
-    EvalPerplexitySpec,
-    ImportDatasetSpec,
-    SFTSpec,
-    SpecError,
-)
+from core.inference import generate
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
+from core.spec import SpecError
+from core.training.sft import SFTSpec
 
 FACTS = [
     ("What colour is the sky on a clear day?", "Blue."),
@@ -64,10 +67,10 @@ def test_perplexity_equals_exp_mean_nll_from_plain_transformers(setup, home):
         loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
     expected = math.exp(loss)
     # one window over the whole text, and a sliding window: each token scored once
-    whole_nll, whole_n = eval_jobs.window_nll(model, ids, max_length=len(ids) + 5, stride=len(ids))
+    whole_nll, whole_n = perplexity.window_nll(model, ids, max_length=len(ids) + 5, stride=len(ids))
     assert whole_n == len(ids) - 1
     assert math.exp(whole_nll / whole_n) == pytest.approx(expected, rel=1e-4)
-    slid_nll, slid_n = eval_jobs.window_nll(model, ids, max_length=32, stride=16)
+    slid_nll, slid_n = perplexity.window_nll(model, ids, max_length=32, stride=16)
     assert slid_n == len(ids) - 1  # every token after the first, once
     assert math.exp(slid_nll / slid_n) != pytest.approx(expected, rel=1e-6)  # less context, different number
 
@@ -115,10 +118,10 @@ def test_generation_job_stores_every_sample_and_its_settings(setup):
         assert r["scores"] == pytest.approx(scoring.sample_scores(r["output"], r["reference"]))
     # batched, left-padded greedy answers equal one-at-a-time greedy answers
     model, tok = generate.load(setup)
-    prompts = eval_jobs.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
+    prompts = generation.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
     spec = EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=8)
-    batched, _ = eval_jobs.generate_batch(model, tok, [p[2] for p in prompts], spec, False)
-    single = [eval_jobs.generate_batch(model, tok, [p[2]], spec, False)[0][0] for p in prompts]
+    batched, _ = generation.generate_batch(model, tok, [p[2] for p in prompts], spec, False)
+    single = [generation.generate_batch(model, tok, [p[2]], spec, False)[0][0] for p in prompts]
     assert batched == single
     table = evals.results_rows()
     assert table[0]["job"] == job.id and table[0]["model"] == "tiny" and "bleu" in table[0]
@@ -126,13 +129,13 @@ def test_generation_job_stores_every_sample_and_its_settings(setup):
 
 def test_long_prompts_are_cut_to_fit_the_context(setup):
     model, tok = generate.load(setup)  # a context of 256 tokens
-    prompts = eval_jobs.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
-    answers, truncated = eval_jobs.generate_batch(
+    prompts = generation.prompts_of("instruction", [{"prompt": q, "response": a} for q, a in FACTS], tok)
+    answers, truncated = generation.generate_batch(
         model, tok, [p[2] for p in prompts], EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=240), False
     )
     assert truncated == len(prompts) and len(answers) == len(prompts)
     with pytest.raises(ValueError, match="max_new_tokens: 250 leaves no room for the prompt"):
-        eval_jobs.generate_batch(model, tok, [prompts[0][2]], EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=250), False)
+        generation.generate_batch(model, tok, [prompts[0][2]], EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=250), False)
 
 
 def test_bad_input_is_refused_with_the_field(setup):
@@ -142,17 +145,20 @@ def test_bad_input_is_refused_with_the_field(setup):
         EvalJudgeSpec(model="tiny", dataset="facts")
     with pytest.raises(SpecError, match="judge_url: 'ftp://x' is not an http"):
         EvalJudgeSpec(model="tiny", dataset="facts", judge_url="ftp://x")
-    with pytest.raises(SpecError, match="split: 'test' is not one of"):
+    with pytest.raises(SpecError, match="split: 'test': input should be 'auto', 'validation', 'train' or 'all'"):
         EvalPerplexitySpec(model="tiny", dataset="prose", split="test")
     with pytest.raises(SpecError, match="stride: 64 must be shorter than the window"):
         EvalPerplexitySpec(model="tiny", dataset="prose", max_length=64, stride=64)
-    # the window defaults to the model's context (256 here): a longer stride is refused by the job
-    job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", stride=300)), timeout_s=120)
-    assert job.status == "failed" and "stride: 300 must be shorter than the window (256 tokens, the model's context)" in job.error
-    job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", split="validation")), timeout_s=120)
-    assert job.status == "failed" and job.error_class == "bad_input" and "has no validation split" in job.error
-    job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", checkpoints=True)), timeout_s=120)
-    assert job.status == "failed" and "has no training checkpoints" in job.error
+    # what the registry knows is checked before a job is queued: the window defaults
+    # to the model's context (256 here), the split must exist, checkpoints must have been kept
+    before = len(jobs.list_jobs())
+    with pytest.raises(SpecError, match=r"stride: 300 must be shorter than the window \(256 tokens, the model's context\)"):
+        jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", stride=300))
+    with pytest.raises(SpecError, match="split: 'prose' has no validation split"):
+        jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", split="validation"))
+    with pytest.raises(SpecError, match="checkpoints: 'tiny' has no training checkpoints"):
+        jobs.submit(EvalPerplexitySpec(model="tiny", dataset="prose", checkpoints=True))
+    assert len(jobs.list_jobs()) == before
 
 
 # --- the judge ----------------------------------------------------------------------------
@@ -273,7 +279,7 @@ def test_checkpoints_of_a_run_are_evaluated_in_step_order(setup):
     train = ok(jobs.submit(SFTSpec(model="tiny", dataset="facts", output_name="tuned", method="lora",
                                    max_steps=6, batch_size=2, save_steps=2, keep_checkpoints=0)), timeout=300)
     tuned = models.find("tuned")
-    steps = [s for s, _ in eval_jobs.checkpoints_of(tuned)]
+    steps = [s for s, _ in eval_common.checkpoints_of(tuned)]
     assert steps == [2, 4, 6]  # keep_checkpoints=0 keeps every one
     job = ok(jobs.submit(EvalPerplexitySpec(model="tuned", dataset="facts", split="all", checkpoints=True)))
     assert [p["step"] for p in job.result["by_step"]] == [2, 4, 6]

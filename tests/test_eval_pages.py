@@ -10,8 +10,11 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
-from core import jobs, judge
-from core.specs import EvalGenerationSpec, EvalPerplexitySpec, SFTSpec
+from core.evaluation import judge
+from core.evaluation.generation import EvalGenerationSpec
+from core.evaluation.perplexity import EvalPerplexitySpec
+from core.jobs import lifecycle as jobs
+from core.training.sft import SFTSpec
 from test_eval import ok, setup  # noqa: F401  (the fixture)
 
 

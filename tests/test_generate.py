@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import generate, jobs, models
-from core.specs import CreateModelSpec
+from core.inference import generate
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def test_a_model_in_training_or_missing_files_cannot_be_used(tiny, home):
 
 
 def test_a_model_without_chat_template_gets_the_layout_it_was_fine_tuned_with(tiny):
-    from core.sft_format import PLAIN_PROMPT
+    from core.data.render import PLAIN_PROMPT
 
     _, tok = generate.load(tiny)
     tok.chat_template = None

@@ -1,5 +1,7 @@
 """DESIGN.md layering: pages/, Home.py -> ui -> core -> storage. core and storage
-never import streamlit; storage never imports torch; nothing below imports above."""
+never import streamlit; storage never imports torch; nothing below imports above.
+Inside core the stages keep to their own: training and evaluation do not reach
+into each other, and no module takes another's private names."""
 
 from __future__ import annotations
 
@@ -9,14 +11,19 @@ from pathlib import Path
 from conftest import ROOT
 
 
-def imported_roots(path: Path) -> set[str]:
-    roots = set()
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names taken from it) for every absolute import in a file, lazy ones included."""
+    found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
+            found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def imported_roots(path: Path) -> set[str]:
+    return {module.split(".")[0] for module, _ in imports(path)}
 
 
 def files(package: str) -> list[Path]:
@@ -25,27 +32,58 @@ def files(package: str) -> list[Path]:
     return found
 
 
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
 def test_core_and_storage_never_import_streamlit():
-    offenders = [str(p.relative_to(ROOT)) for pkg in ("core", "storage") for p in files(pkg) if "streamlit" in imported_roots(p)]
+    offenders = [rel(p) for pkg in ("core", "storage") for p in files(pkg) if "streamlit" in imported_roots(p)]
     assert offenders == []
 
 
 def test_storage_never_imports_torch_or_core():
-    offenders = [str(p.relative_to(ROOT)) for p in files("storage") if imported_roots(p) & {"torch", "core", "ui", "transformers"}]
+    offenders = [rel(p) for p in files("storage") if imported_roots(p) & {"torch", "core", "ui", "transformers"}]
     assert offenders == []
 
 
 def test_core_never_imports_ui_or_pages():
-    offenders = [str(p.relative_to(ROOT)) for p in files("core") if imported_roots(p) & {"ui", "pages"}]
+    offenders = [rel(p) for p in files("core") if imported_roots(p) & {"ui", "pages"}]
     assert offenders == []
 
 
 def test_ui_is_used_only_by_pages():
-    users = [str(p.relative_to(ROOT)) for pkg in ("core", "storage", "ui") for p in files(pkg) if "ui" in imported_roots(p) and pkg != "ui"]
+    users = [rel(p) for pkg in ("core", "storage", "ui") for p in files(pkg) if "ui" in imported_roots(p) and pkg != "ui"]
     assert users == []
+
+
+def test_training_and_evaluation_keep_to_their_own():
+    """Evaluation reads training runs only through what training shares
+    (core.training.common); training never imports evaluation."""
+    offenders = []
+    for path in files("core/training"):
+        offenders += [f"{rel(path)} -> {m}" for m, _ in imports(path) if m.startswith("core.evaluation")]
+    for path in files("core/evaluation"):
+        offenders += [f"{rel(path)} -> {m}" for m, _ in imports(path) if m.startswith("core.training") and m != "core.training.common"]
+    assert offenders == []
+
+
+def test_no_module_takes_another_modules_private_names():
+    offenders = []
+    for pkg in ("core", "ui", "pages"):
+        for path in files(pkg):
+            for module, names in imports(path):
+                if module.split(".")[0] in ("core", "ui", "storage"):
+                    offenders += [f"{rel(path)}: {module}.{n}" for n in names if n.startswith("_")]
+    assert offenders == []
+
+
+def test_the_stages_are_folders():
+    stages = {p.name for p in (ROOT / "core").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert {"jobs", "models", "data", "training", "evaluation", "export", "inference"} <= stages
 
 
 def test_the_checker_sees_imports():
     # guard against a checker that passes because it parses nothing
     assert "streamlit" in imported_roots(ROOT / "Home.py")
-    assert "storage" in imported_roots(ROOT / "core" / "jobs.py")
+    assert "storage" in imported_roots(ROOT / "core" / "jobs" / "lifecycle.py")
+    assert ("core.training.common", ["run_checkpoints"]) in imports(ROOT / "core" / "evaluation" / "common.py")

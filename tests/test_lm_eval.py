@@ -9,8 +9,11 @@ import json
 
 import pytest
 
-from core import generate, jobs, lm_eval_bridge, models
-from core.specs import CreateModelSpec
+from core.evaluation import lm_eval
+from core.inference import generate
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
 
 TASK = "llmdev_basics"  # 30 multiple-choice questions in assets/lm_eval_tasks/
 GEN_TASK = "llmdev_arith_gen"  # 10 short generations
@@ -41,7 +44,7 @@ def test_local_tasks_are_listed_without_importing_lm_eval():
     import sys
 
     had = "lm_eval" in sys.modules
-    assert {TASK, GEN_TASK} <= set(lm_eval_bridge.local_tasks())
+    assert {TASK, GEN_TASK} <= set(lm_eval.local_tasks())
     assert had or "lm_eval" not in sys.modules
 
 
@@ -49,7 +52,7 @@ def test_local_task_runs_on_the_tiny_model(tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the task's data file is found from any directory
     model, tok = tiny
     calls = []
-    result = lm_eval_bridge.run(model, tok, [TASK, GEN_TASK], batch_size=8, progress=lambda *a: calls.append(a))
+    result = lm_eval.run_tasks(model, tok, [TASK, GEN_TASK], batch_size=8, progress=lambda *a: calls.append(a))
 
     json.dumps(result, allow_nan=False)
     metrics = result["metrics"]
@@ -78,8 +81,8 @@ def test_local_task_runs_on_the_tiny_model(tiny, tmp_path, monkeypatch):
 
 def test_same_seed_same_result_and_limit(tiny):
     model, tok = tiny
-    first = lm_eval_bridge.run(model, tok, [TASK], limit=7, seed=1)
-    again = lm_eval_bridge.run(model, tok, [TASK], limit=7, seed=1)
+    first = lm_eval.run_tasks(model, tok, [TASK], limit=7, seed=1)
+    again = lm_eval.run_tasks(model, tok, [TASK], limit=7, seed=1)
     assert len(first["samples"]) == 7 and first["n_samples"][TASK]["effective"] == 7
     assert first["metrics"] == again["metrics"] and first["samples"] == again["samples"]
     assert first["config"]["limit"] == 7 and first["config"]["seed"] == 1
@@ -94,17 +97,17 @@ def test_cancel_stops_the_run_between_chunks(tiny):
             raise InterruptedError("cancelled")
 
     with pytest.raises(InterruptedError):
-        lm_eval_bridge.run(model, tok, [TASK], batch_size=4, progress=lambda *a: calls.append(a), check_cancel=cancel)
+        lm_eval.run_tasks(model, tok, [TASK], batch_size=4, progress=lambda *a: calls.append(a), check_cancel=cancel)
     assert len(calls) == 1 and calls[0][0] < calls[0][1] == 120
 
 
 def test_unknown_and_hub_tasks_are_refused_clearly(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match=rf"unknown lm-eval task 'no_such_task'; local tasks: .*{TASK}"):
-        lm_eval_bridge.run(model, tok, ["no_such_task"])
+        lm_eval.run_tasks(model, tok, ["no_such_task"])
     # a built-in harness task reads its data from the Hub: offline, it cannot run here
     with pytest.raises(ValueError, match="the task data must be local"):
-        lm_eval_bridge.run(model, tok, ["arc_easy"], limit=2)
+        lm_eval.run_tasks(model, tok, ["arc_easy"], limit=2)
 
 
 def test_a_task_folder_of_ones_own(tiny, tmp_path, monkeypatch):
@@ -117,12 +120,12 @@ def test_a_task_folder_of_ones_own(tiny, tmp_path, monkeypatch):
         "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['yes', 'no']\ndoc_to_target: label\n"
         "metric_list:\n  - metric: acc\n"
     )
-    assert "my_yes_no" in lm_eval_bridge.local_tasks([tmp_path / "my_tasks"])
+    assert "my_yes_no" in lm_eval.local_tasks([tmp_path / "my_tasks"])
     monkeypatch.chdir(tmp_path.parent)
-    result = lm_eval_bridge.run(*tiny, ["my_yes_no"], include_paths=[tmp_path / "my_tasks"])
+    result = lm_eval.run_tasks(*tiny, ["my_yes_no"], include_paths=[tmp_path / "my_tasks"])
     assert len(result["samples"]) == 6 and result["samples"][1]["reference"] == "no"
     with pytest.raises(ValueError, match="is not a folder"):
-        lm_eval_bridge.run(*tiny, ["my_yes_no"], include_paths=[tmp_path / "missing"])
+        lm_eval.run_tasks(*tiny, ["my_yes_no"], include_paths=[tmp_path / "missing"])
 
 
 def test_an_adapter_model_runs(tiny):
@@ -136,5 +139,5 @@ def test_an_adapter_model_runs(tiny):
     # get_peft_model changes the model it wraps: wrap a copy (the others share `tiny`)
     adapter = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     assert isinstance(adapter, PeftModel)
-    result = lm_eval_bridge.run(adapter.eval(), tok, [TASK], limit=5)
+    result = lm_eval.run_tasks(adapter.eval(), tok, [TASK], limit=5)
     assert len(result["samples"]) == 5 and 0 <= result["metrics"][f"{TASK}/acc"] <= 1

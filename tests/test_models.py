@@ -3,15 +3,17 @@ registry (rename, delete, in-use refusal), and the starter conversion (slow)."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import wait_for
-from core import jobs, models
-from core.specs import AddStarterSpec, CreateModelSpec, ImportModelSpec, SpecError
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
+from core.models.importer import ImportModelSpec
+from core.models.starter import AddStarterSpec
+from core.spec import SpecError
 
 
 def make(spec) -> models.Model:
@@ -55,11 +57,11 @@ def test_import_local_folder_keeps_the_weights(home):
 
 
 def test_hub_import_offline_fails_fast_and_clearly(home):
-    started = time.monotonic()
     job = jobs.wait(jobs.submit(ImportModelSpec(source="distilgpt2", name="d")), timeout_s=120)
     assert job.status == "failed" and job.error_class == "bad_input"
     assert "cannot reach the Hugging Face Hub" in job.error and "local folder" in job.error
-    assert time.monotonic() - started < 60
+    # fast: the offline setting is read before any connection is tried
+    assert "(HF_HUB_OFFLINE is set)" in job.error
 
 
 def test_import_validation_names_the_problem(home, tmp_path):
@@ -69,9 +71,9 @@ def test_import_validation_names_the_problem(home, tmp_path):
         ImportModelSpec(source=str(tmp_path / "does-not-exist.gguf"), name="x")
     with pytest.raises(SpecError, match="neither an existing local path nor a Hub id"):
         ImportModelSpec(source="not a hub id!", name="x")
-    with pytest.raises(SpecError, match="name: give the model a name"):
+    with pytest.raises(SpecError, match="name: give it a name"):
         CreateModelSpec(name="  ")
-    with pytest.raises(SpecError, match="vocab_size: 10 is out of range"):
+    with pytest.raises(SpecError, match="vocab_size: 10: input should be greater than or equal to 300"):
         CreateModelSpec(name="v", vocab_size=10)
     with pytest.raises(SpecError, match="size 'custom' needs n_layer"):
         CreateModelSpec(name="c", size="custom")
@@ -123,7 +125,7 @@ def test_starter_conversion_answers_sensibly(home):
 
 @pytest.mark.slow
 def test_import_local_gguf_file(home):
-    from core.model_jobs import starter_gguf
+    from core.models.starter import starter_gguf
 
     row = make(ImportModelSpec(source=str(starter_gguf()), name="from-gguf"))
     assert row.source == "local" and row.origin.endswith(".gguf")

@@ -9,8 +9,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
-from core import jobs, models
-from core.specs import CreateModelSpec
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
 
 PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/4_Evaluation.py", "pages/5_Playground.py", "pages/9_Jobs.py"]
 
@@ -99,7 +100,7 @@ def test_jobs_page_shows_command_and_log(app):
     app.switch_page("pages/9_Jobs.py").run()
     no_exceptions(app)
     codes = [c.value for c in app.code]
-    assert any(c.startswith("python -m core models create --arch gpt2 --size tiny") for c in codes)
+    assert "python -m core models create --name for-jobs" in codes
     assert any("worker pid" in c for c in codes)
     assert app.dataframe[0].value["status"].tolist() == [job.status]
 
@@ -154,7 +155,7 @@ def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
 
 
 def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path):
-    from core.specs import ImportDatasetSpec
+    from core.data.importer import ImportDatasetSpec
 
     jobs.wait(jobs.submit(CreateModelSpec(name="tiny", size="tiny")), timeout_s=120)
     path = tmp_path / "d.jsonl"

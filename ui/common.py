@@ -6,13 +6,19 @@ Only Home.py and pages/ import this; it calls core and renders what comes back.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 import streamlit as st
 
-from core import charts, config, datasets, jobs, models, starter, system
+from core import charts, config, system
+from core.data import registry as datasets
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models import starter
 from core.format import human_bytes, human_count, human_seconds
+from core.kinds import training_kinds
 from storage.db import database_url, get_engine
 
 STATUS_ICONS = {
@@ -45,8 +51,13 @@ def machine_info() -> dict:
     return system.machine_info()
 
 
-def setup_page(title: str, icon: str = ":material/neurology:") -> None:
-    st.set_page_config(page_title=f"{title} · LLM Dev Platform", page_icon=icon, layout="wide")
+ICONS = Path(__file__).resolve().parent.parent / "assets" / "icons"
+
+
+def setup_page(title: str, icon: str = "neurology") -> None:
+    """Every page starts here. `icon` is a file of assets/icons (shipped with the
+    app: a ":material/...:" page icon is fetched from Google's CDN)."""
+    st.set_page_config(page_title=f"{title} · LLM Dev Platform", page_icon=str(ICONS / f"{icon}.svg"), layout="wide")
     _secrets_to_env()
     try:
         config.check()
@@ -156,7 +167,7 @@ def job_details(job) -> None:
     st.caption("Replay from a terminal:")
     st.code(jobs.cli_command(job), language="bash")
     series = jobs.metrics_with_history(job.id)
-    if series and job.kind == "sft":
+    if series and job.kind in training_kinds():
         st.plotly_chart(charts.training_figure(series), key=f"metrics_{job.id}")
     elif series:
         st.plotly_chart(charts.metrics_figure(series), key=f"metrics_{job.id}")

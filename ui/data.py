@@ -11,9 +11,11 @@ from typing import Optional
 import pandas as pd
 import streamlit as st
 
-from core import charts, datasets, models
+from core import charts
+from core.data import files
+from core.data.render import SFT_FORMATS, render_segments
 from core.format import human_count
-from core.sft_format import SFT_FORMATS, render_segments
+from core.models import registry as models
 from storage.db import data_home
 
 
@@ -29,8 +31,8 @@ def save_upload(upload) -> Path:
 @st.cache_data(ttl=60, show_spinner="Checking every row...")
 def check_file(path: str, mtime: float, fmt: Optional[str], mapping_json: str):
     """read + normalize, cached per file version and choice (pure, no side effects)."""
-    parsed = datasets.read_file(Path(path))
-    return parsed.columns, datasets.normalize(parsed, fmt, json.loads(mapping_json))
+    parsed = files.read_file(Path(path))
+    return parsed.columns, files.normalize(parsed, fmt, json.loads(mapping_json))
 
 
 @st.cache_resource(show_spinner=False)
@@ -70,7 +72,10 @@ def rendered_example(fmt: str, row: dict, tokenizer) -> None:
     st.caption("Grey: the prompt, no loss. Green: what the model learns to write (special tokens shown as they are).")
 
 
-def problems_table(norm: datasets.Normalized) -> None:
+def problems_table(norm: files.Normalized) -> None:
+    if not norm.rows and not norm.problems:
+        st.error("The file has no rows: give a file with at least one record.")
+        return
     if not norm.problems:
         st.success(f"All {len(norm.rows)} rows are valid ({norm.format}).")
         return

@@ -9,10 +9,23 @@ from typing import Any, Optional
 import pandas as pd
 import streamlit as st
 
-from core import charts, datasets, evals, jobs, judge, models
-from core.specs import EvalGenerationSpec, EvalJudgeSpec, EvalLmEvalSpec, EvalPerplexitySpec, SpecError
+from core import charts
+from core.data import files
+from core.data import registry as datasets
+from core.evaluation import judge
+from core.evaluation import results as evals
+from core.evaluation.generation import EvalGenerationSpec
+from core.evaluation.judge import EvalJudgeSpec
+from core.evaluation.lm_eval import EvalLmEvalSpec
+from core.evaluation.perplexity import EvalPerplexitySpec
+from core.jobs import lifecycle as jobs
+from core.kinds import spec_class, training_kinds
+from core.models import registry as models
+from core.spec import SpecError
+from ui import forms
 
-KINDS = {
+SPECS = {"perplexity": EvalPerplexitySpec, "generation": EvalGenerationSpec, "judge": EvalJudgeSpec, "lm-eval": EvalLmEvalSpec}
+LABELS = {
     "perplexity": "Perplexity",
     "generation": "Generation metrics (BLEU, chrF, ROUGE, exact match)",
     "judge": "LLM as judge",
@@ -30,28 +43,27 @@ def spec_form() -> Optional[Any]:
     if not usable:
         st.info("Evaluation needs a model: create, import or train one first (Models page).")
         return None
-    kind = st.radio("What to measure", list(KINDS), format_func=KINDS.get, horizontal=True, key="eval_kind")
+    kind = st.radio("What to measure", list(SPECS), format_func=LABELS.get, horizontal=True, key="eval_kind")
+    spec = SPECS[kind]
     c1, c2 = st.columns(2)
-    model = c1.selectbox("Model or adapter", [m.name for m in usable], key="eval_model")
+    model = c1.selectbox("Model or adapter", [m.name for m in usable], key="eval_model", help=spec.doc("model"))
     try:
         if kind == "lm-eval":
             return _lm_eval_form(model, c2)
-        formats = ("instruction", "chat", "prompt") if kind in ("generation", "judge") else datasets.FORMATS
-        data = [d for d in datasets.list_datasets() if d.status == "available" and d.format in formats]
+        data = [d for d in datasets.list_datasets() if d.status == "available" and d.format in (spec.dataset_formats or files.FORMATS)]
         if not data:
-            needs = "an instruction, chat or prompt (with answers)" if kind != "perplexity" else "a"
-            st.info(f"This evaluation needs {needs} data set (Datasets page).")
+            st.info(f"This evaluation needs a data set of format {' or '.join(spec.dataset_formats or files.FORMATS)} (Datasets page).")
             return None
-        dataset = c2.selectbox("Data set", [d.name for d in data], key=f"eval_dataset_{kind}")
+        dataset = c2.selectbox("Data set", [d.name for d in data], key=f"eval_dataset_{kind}", help=spec.doc("dataset"))
         c = st.columns(4)
         common: dict[str, Any] = dict(
             model=model,
             dataset=dataset,
-            split=c[0].selectbox("Split", ["auto", "validation", "train", "all"], key="eval_split"),
-            max_samples=int(c[1].number_input("Rows (0 = all)", 0, 1_000_000, 20 if kind == "judge" else 50, key=f"eval_n_{kind}")),
-            seed=int(c[2].number_input("Seed", 0, 2**31 - 1, 0, key="eval_seed")),
-            checkpoints=c[3].checkbox(
-                "Also each checkpoint", False, key="eval_ckpts",
+            split=forms.field(spec, "split", "Split", key="eval_split", where=c[0]),
+            max_samples=forms.field(spec, "max_samples", "Rows (0 = all)", key=f"eval_n_{kind}", where=c[1]),
+            seed=forms.field(spec, "seed", "Seed", key="eval_seed", where=c[2]),
+            checkpoints=forms.field(
+                spec, "checkpoints", "Also each checkpoint", key="eval_ckpts", where=c[3],
                 help="Evaluate every checkpoint the training run kept: the metric over training steps.",
             ),
         )
@@ -59,15 +71,15 @@ def spec_form() -> Optional[Any]:
             c = st.columns(2)
             return EvalPerplexitySpec(
                 **common,
-                max_length=int(c[0].number_input("Window (tokens, 0 = model context)", 0, 32768, 0, key="eval_window")),
-                stride=int(c[1].number_input("Stride (0 = half the window)", 0, 32768, 0, key="eval_stride")),
+                max_length=forms.field(spec, "max_length", "Window (tokens, 0 = model context)", key="eval_window", where=c[0]),
+                stride=forms.field(spec, "stride", "Stride (0 = half the window)", key="eval_stride", where=c[1]),
             )
         c = st.columns(4)
         gen = dict(
-            max_new_tokens=int(c[0].number_input("Max new tokens", 1, 4096, 64, key="eval_max_new")),
-            temperature=float(c[1].number_input("Temperature (0 = greedy)", 0.0, 2.0, 0.0, key="eval_temp")),
-            top_p=float(c[2].number_input("Top-p", 0.01, 1.0, 1.0, key="eval_top_p")),
-            batch_size=int(c[3].number_input("Batch size", 1, 256, 8, key="eval_batch")),
+            max_new_tokens=forms.field(spec, "max_new_tokens", "Max new tokens", key="eval_max_new", where=c[0]),
+            temperature=forms.field(spec, "temperature", "Temperature (0 = greedy)", key="eval_temp", where=c[1]),
+            top_p=forms.field(spec, "top_p", "Top-p", key="eval_top_p", where=c[2], min_value=0.01),
+            batch_size=forms.field(spec, "batch_size", "Batch size", key="eval_batch", where=c[3]),
         )
         if kind == "generation":
             return EvalGenerationSpec(**common, **gen)
@@ -93,15 +105,15 @@ def _judge_form(common: dict[str, Any], gen: dict[str, Any]) -> EvalJudgeSpec:
 
 
 def _lm_eval_form(model: str, column) -> Optional[EvalLmEvalSpec]:
-    from core import lm_eval_bridge
+    from core.evaluation import lm_eval
 
-    local = lm_eval_bridge.local_tasks()
+    local = lm_eval.local_tasks()
     tasks = column.multiselect("Tasks (shipped locally)", local, default=local[:1], key="eval_tasks")
     c = st.columns(3)
     task_dir = c[0].text_input("Your own task folder (optional)", key="eval_task_dir",
                                help="lm-eval task YAML files whose data files are local")
     extra = c[1].text_input("More task names (comma-separated)", key="eval_task_extra")
-    limit = int(c[2].number_input("Documents per task (0 = all)", 0, 1_000_000, 0, key="eval_limit"))
+    limit = forms.field(EvalLmEvalSpec, "limit", "Documents per task (0 = all)", key="eval_limit", where=c[2])
     tasks = tasks + [t.strip() for t in extra.split(",") if t.strip()]
     return EvalLmEvalSpec(model=model, tasks=tasks, task_dir=task_dir, limit=limit)
 
@@ -163,7 +175,7 @@ def over_steps_panel() -> None:
 
 def compare_runs_panel() -> None:
     """Training curves of several runs on one chart, and how their specs differ."""
-    runs = [j for j in jobs.list_jobs(limit=500) if j.kind == "sft"]
+    runs = [j for j in jobs.list_jobs(limit=500) if j.kind in training_kinds()]
     if len(runs) < 1:
         st.info("No training runs yet (Training page).")
         return
@@ -177,7 +189,7 @@ def compare_runs_panel() -> None:
     names = sorted({n for s in series.values() for n in s}, key=lambda n: (n != "train_loss", n))
     if names:
         metric = st.selectbox("Metric", names, key="cmp_metric")
-        overlay = {f"#{i} {by_id[i].spec.get('output_name', '')}": series[i].get(metric, []) for i in chosen}
+        overlay = {f"#{i} {by_id[i].spec.get(spec_class(by_id[i].kind).output_field, '')}": series[i].get(metric, []) for i in chosen}
         st.plotly_chart(charts.runs_overlay_figure(overlay, metric), key="cmp_chart")
     diff = evals.spec_diff([by_id[i] for i in chosen])
     if len(chosen) > 1:

@@ -1,4 +1,6 @@
-"""Form pieces for the Models page: details, rename/delete, submit with clear errors."""
+"""Form pieces shared by the pages: a widget per spec field (its type, choices,
+range, default and doc come from the spec), submit with clear errors, the
+replay command of what was started; model details, rename and delete."""
 
 from __future__ import annotations
 
@@ -7,9 +9,39 @@ from typing import Any, Callable
 import streamlit as st
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import datasets, jobs, models
+from core.data import registry as datasets
 from core.format import human_bytes, human_count
-from core.specs import SpecError
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.data import files
+from core.spec import Spec, SpecError
+
+_SPEC_DEFAULT = object()
+
+
+def field(spec: type[Spec], name: str, label: str, *, key: str, where: Any = st, default: Any = _SPEC_DEFAULT,
+          horizontal: bool = False, **widget: Any) -> Any:
+    """The widget for one field of a spec: a select box (or radio) of its choices,
+    a checkbox, a number input within its range, or a text input; its default
+    (unless the page gives one, e.g. from a preset) and its doc as the help."""
+    value = spec.default(name) if default is _SPEC_DEFAULT else default
+    kind, choices, (low, high) = spec.base_type(name), spec.choices(name), spec.bounds(name)
+    widget.setdefault("help", spec.doc(name))
+    if choices:
+        options = list(choices)
+        index = options.index(value) if value in options else 0
+        if horizontal:
+            return where.radio(label, options, index=index, horizontal=True, key=key, **widget)
+        return where.selectbox(label, options, index=index, key=key, **widget)
+    if kind is bool:
+        return where.checkbox(label, value=bool(value), key=key, **widget)
+    if kind in (int, float):
+        cast = int if kind is int else float
+        widget.setdefault("min_value", None if low is None else cast(low))
+        widget.setdefault("max_value", None if high is None else cast(high))
+        number = where.number_input(label, value=None if value is None else cast(value), step=cast(1) if kind is int else None, key=key, **widget)
+        return None if number is None else cast(number)
+    return where.text_input(label, value="" if value is None else str(value), key=key, **widget)
 
 
 def submit(make_spec: Callable[[], Any]) -> None:
@@ -28,8 +60,8 @@ def submit(make_spec: Callable[[], Any]) -> None:
     st.session_state["last_submitted"] = {
         "job_id": job_id,
         "title": spec.title(),
-        "cli": spec.cli() + " --wait",
-        "yaml": spec.to_yaml() if hasattr(spec, "to_yaml") else None,
+        "cli": spec.replay() + " --wait",
+        "yaml": spec.to_yaml(),
     }
     st.rerun()
 
@@ -41,21 +73,16 @@ def last_submitted() -> None:
         return
     st.success(f"Started job {done['job_id']}: {done['title']}. Follow it above or on the **Jobs** page.")
     st.caption("The same from a terminal:")
-    if done.get("yaml"):
-        st.code(done["yaml"], language="yaml")
-        st.caption("saved as spec.yaml, then:")
     st.code(done["cli"], language="bash")
+    with st.expander("Or as a spec file (`python -m core run spec.yaml`)"):
+        st.code(done["yaml"], language="yaml")
 
 
-def dims_inputs() -> dict[str, Any]:
+def dims_inputs(spec: type[Spec]) -> dict[str, Any]:
     c = st.columns(5)
-    return {
-        "n_layer": c[0].number_input("Layers", min_value=1, value=None, step=1, key="dim_layers"),
-        "hidden_size": c[1].number_input("Hidden size", min_value=8, value=None, step=8, key="dim_hidden"),
-        "n_head": c[2].number_input("Heads", min_value=1, value=None, step=1, key="dim_heads"),
-        "context_length": c[3].number_input("Context", min_value=16, value=None, step=16, key="dim_context"),
-        "vocab_size": c[4].number_input("Vocab", min_value=300, value=None, step=256, key="dim_vocab"),
-    }
+    labels = {"n_layer": ("Layers", "dim_layers"), "hidden_size": ("Hidden size", "dim_hidden"), "n_head": ("Heads", "dim_heads"),
+              "context_length": ("Context", "dim_context"), "vocab_size": ("Vocab", "dim_vocab")}
+    return {name: field(spec, name, label, key=key, where=col) for col, (name, (label, key)) in zip(c, labels.items())}
 
 
 def model_details(m: dict) -> None:
@@ -83,7 +110,7 @@ def model_details(m: dict) -> None:
 def rename_and_delete(m: dict, what: str = "model") -> None:
     """Rename and delete (with a confirmation box) a model or a data set."""
     registry = models if what == "model" else datasets
-    errors = (SpecError, models.ModelError, datasets.DatasetError)
+    errors = (SpecError, models.ModelError, files.DatasetError)
     key = f"{what.replace(' ', '_')}_{m['id']}"
     left, right = st.columns(2)
     with left.form(f"rename_{key}"):

@@ -20,9 +20,10 @@ from typing import Any, Iterator, Optional
 
 import streamlit as st
 
-from core import generate, models
 from core.format import human_bytes, human_seconds
-from core.model_cache import GiB, ModelCache, default_budget
+from core.inference import generate
+from core.inference.cache import GiB, ModelCache, default_budget
+from core.models import registry as models
 from storage.db import data_home, database_url
 
 CURSOR = " ▌"

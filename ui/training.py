@@ -6,9 +6,14 @@ from typing import Any, Optional
 
 import streamlit as st
 
-from core import charts, datasets, jobs, models
+from core import charts
+from core.data import registry as datasets
+from core.export.merge import MergeAdapterSpec
 from core.format import human_seconds
-from core.specs import SFT_PRESETS, MergeAdapterSpec, SFTSpec, SpecError
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.spec import SpecError
+from core.training.sft import PRESETS, SFTSpec
 from ui import forms
 
 PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
@@ -17,16 +22,24 @@ PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
 def spec_form() -> Optional[SFTSpec]:
     """The new-run form (no st.form: the YAML below follows every change)."""
     bases = [m for m in models.list_models() if m.status == "available" and m.source != "adapter"]
-    data = [d for d in datasets.list_datasets() if d.status == "available" and d.format in ("text", "instruction", "chat")]
+    data = [d for d in datasets.list_datasets() if d.status == "available" and d.format in SFTSpec.dataset_formats]
     if not bases or not data:
         st.info("Training needs a model (Models page) and a text, instruction or chat data set (Datasets page).")
         return None
     preset = st.radio("Preset", list(PRESET_LABELS), format_func=PRESET_LABELS.get, horizontal=True, key="sft_preset")
-    p = SFT_PRESETS[preset]
+    p = PRESETS[preset]
+
+    def f(name: str, label: str, where: Any, key: str = "", **kw: Any) -> Any:
+        # keyed by preset where the preset sets the field: a keyed input would keep a stale default
+        if name in p:
+            kw.setdefault("default", p[name])
+            key = f"{key or 'sft_' + name}_{preset}"
+        return forms.field(SFTSpec, name, label, key=key or f"sft_{name}", where=where, **kw)
+
     c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("Base model", [m.name for m in bases], key="sft_model")
-    dataset = c2.selectbox("Data set", [d.name for d in data], key="sft_dataset")
-    method = c3.radio("Method", ["lora", "full", "qlora"], horizontal=True, key="sft_method")
+    model = c1.selectbox("Base model", [m.name for m in bases], key="sft_model", help=SFTSpec.doc("model"))
+    dataset = c2.selectbox("Data set", [d.name for d in data], key="sft_dataset", help=SFTSpec.doc("dataset"))
+    method = f("method", "Method", c3, horizontal=True)
     if method == "qlora":
         from core.hardware import qlora_unavailable
 
@@ -35,45 +48,44 @@ def spec_form() -> Optional[SFTSpec]:
             st.warning(f"QLoRA cannot run here: {why}. Choose LoRA.")
     c1, c2, c3, c4 = st.columns(4)
     # the key follows the choices: a keyed input would keep a stale default
-    output_name = c1.text_input("Output name", value=f"{model}-{method}-{dataset}"[:90], key=f"sft_output_{model}_{method}_{dataset}")
-    max_steps = c2.number_input("Max steps (0 = epochs)", 0, 1_000_000, p.get("max_steps", 0), key=f"sft_steps_{preset}")
-    learning_rate = c3.number_input("Learning rate", 0.0, 1.0, p["learning_rate"], format="%.1e", key=f"sft_lr_{preset}")
-    batch_size = c4.number_input("Batch size", 1, 1024, p["batch_size"], key=f"sft_bs_{preset}")
+    output_name = f("output_name", "Output name", c1, key=f"sft_output_{model}_{method}_{dataset}", default=f"{model}-{method}-{dataset}"[:90])
+    values: dict[str, Any] = dict(
+        max_steps=f("max_steps", "Max steps (0 = epochs)", c2, key="sft_steps"),
+        learning_rate=f("learning_rate", "Learning rate", c3, key="sft_lr", format="%.1e"),
+        batch_size=f("batch_size", "Batch size", c4, key="sft_bs"),
+    )
     with st.expander("Advanced"):
         a = st.columns(4)
-        values: dict[str, Any] = dict(
-            epochs=a[0].number_input("Epochs", 0.1, 100.0, float(p.get("epochs", 1.0)), key=f"sft_epochs_{preset}"),
-            max_length=a[1].number_input("Max length", 16, 32768, p["max_length"], key=f"sft_len_{preset}"),
-            grad_accum=a[2].number_input("Gradient accumulation", 1, 1024, 1, key="sft_accum"),
-            warmup_steps=a[3].number_input("Warm-up steps", 0, 100_000, 0, key="sft_warmup"),
-            scheduler=a[0].selectbox("Scheduler", ["linear", "cosine", "constant", "constant_with_warmup"], key="sft_sched"),
-            weight_decay=a[1].number_input("Weight decay", 0.0, 1.0, 0.0, key="sft_wd"),
-            eval_steps=a[2].number_input("Evaluate every (steps, 0 = at the end)", 0, 1_000_000, p["eval_steps"], key=f"sft_eval_{preset}"),
-            save_steps=a[3].number_input("Checkpoint every (steps)", 1, 1_000_000, p["save_steps"], key=f"sft_save_{preset}"),
-            keep_checkpoints=a[3].number_input(
-                "Checkpoints kept (0 = all)", 0, 10_000, 2, key="sft_keep",
+        values.update(
+            epochs=f("epochs", "Epochs", a[0], min_value=0.1),
+            max_length=f("max_length", "Max length", a[1], key="sft_len"),
+            grad_accum=f("grad_accum", "Gradient accumulation", a[2], key="sft_accum"),
+            warmup_steps=f("warmup_steps", "Warm-up steps", a[3], key="sft_warmup"),
+            scheduler=f("scheduler", "Scheduler", a[0], key="sft_sched"),
+            weight_decay=f("weight_decay", "Weight decay", a[1], key="sft_wd"),
+            eval_steps=f("eval_steps", "Evaluate every (steps, 0 = at the end)", a[2], key="sft_eval"),
+            save_steps=f("save_steps", "Checkpoint every (steps)", a[3], key="sft_save"),
+            keep_checkpoints=f(
+                "keep_checkpoints", "Checkpoints kept (0 = all)", a[3], key="sft_keep",
                 help="Keep every checkpoint to evaluate the model over training steps (Evaluation page).",
             ),
-            lora_r=a[0].number_input("LoRA r", 1, 1024, 8, key="sft_r"),
-            lora_alpha=a[1].number_input("LoRA alpha", 1, 4096, 16, key="sft_alpha"),
-            lora_dropout=a[2].number_input("LoRA dropout", 0.0, 0.9, 0.05, key="sft_dropout"),
-            lora_targets=a[3].text_input("LoRA target modules", "all-linear", key="sft_targets"),
-            seed=a[0].number_input("Seed", 0, 2**31 - 1, 0, key="sft_seed"),
-            packing=a[1].checkbox("Packing", False, key="sft_packing"),
-            completion_only=a[2].checkbox("Loss on answers only", True, key="sft_completion"),
+            lora_r=f("lora_r", "LoRA r", a[0], key="sft_r"),
+            lora_alpha=f("lora_alpha", "LoRA alpha", a[1], key="sft_alpha"),
+            lora_dropout=f("lora_dropout", "LoRA dropout", a[2], key="sft_dropout", max_value=0.9),
+            lora_targets=f("lora_targets", "LoRA target modules", a[3], key="sft_targets"),
+            seed=f("seed", "Seed", a[0]),
+            packing=f("packing", "Packing", a[1]),
+            completion_only=f("completion_only", "Loss on answers only", a[2], key="sft_completion"),
         )
     try:
-        spec = SFTSpec(
-            model=model, dataset=dataset, output_name=output_name, method=method,
-            max_steps=int(max_steps), learning_rate=float(learning_rate), batch_size=int(batch_size),
-            **{k: (int(v) if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in values.items()},
-        )
+        spec = SFTSpec(model=model, dataset=dataset, output_name=output_name, method=method, **values)
     except SpecError as exc:
         st.error(str(exc))
         return None
-    with st.expander("Copy to reproduce: the spec file and the command", expanded=False):
+    with st.expander("Copy to reproduce: the command, or the spec file", expanded=False):
+        st.code(spec.replay() + " --wait", language="bash")
         st.code(spec.to_yaml(), language="yaml")
-        st.code("python -m core train spec.yaml --wait", language="bash")
+        st.caption("saved as spec.yaml: `python -m core run spec.yaml --wait`")
     return spec
 
 
@@ -114,7 +126,7 @@ def run_panel(job_id: int) -> None:
 
 def controls(job) -> None:
     c = st.columns(2)
-    from core.train_jobs import has_checkpoint
+    from core.training.common import has_checkpoint
 
     if job.status in jobs.ACTIVE and job.cancel_requested_at is None:
         c[0].button("Pause (checkpoint)", key=f"pause_{job.id}", on_click=_stop, args=(job.id, "pause"))
@@ -139,7 +151,7 @@ def _stop(job_id: int, mode: str) -> None:
 
 
 def _resume(job_id: int) -> None:
-    from core.train_jobs import resume
+    from core.training.common import resume
 
     try:
         new_id = resume(job_id)

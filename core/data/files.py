@@ -1,4 +1,5 @@
-"""Data sets: read a file, detect its format, validate every row, store it.
+"""Data set files: read a file, detect its format, validate every row (pure: no
+database, no files written; the registry is data/registry.py).
 
 Formats and the columns a data set has once imported (canonical names):
 
@@ -8,9 +9,9 @@ Formats and the columns a data set has once imported (canonical names):
     preference   prompt, chosen, rejected
     prompt       prompt (+ answer, when given: a reference for rewards)
 
-`read_file` + `normalize` are pure functions: the page preview, the CLI's
-up-front check and the import job all use them, so they report the same bad
-lines. Line numbers are the file's own (JSONL and CSV lines; for JSON arrays
+`read_file` + `normalize` are pure functions: the page preview, the check
+before an import is queued and the import job all use them, so they report the
+same bad lines. Line numbers are the file's own (JSONL and CSV lines; for JSON arrays
 and Parquet, the record number).
 """
 
@@ -20,18 +21,12 @@ import csv
 import hashlib
 import io
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from sqlalchemy import func, select
-
-from storage.db import data_home, session
-from storage.tables import Dataset, Event, Job
-
 FORMATS = ("text", "instruction", "chat", "preference", "prompt")
-SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
 # the sample data sets shipped in assets/samples: file -> (suggested name, format)
 SAMPLE_FILES = {
     "instructions.jsonl": ("sample-instructions", "instruction"),
@@ -45,6 +40,9 @@ EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 MAX_FILE_BYTES = 512 * 2**20
 MAX_ROWS = 2_000_000
 MAX_PROBLEMS_SHOWN = 20
+# JSON nested deeper than this is not a row of fields (and would exhaust Python's
+# recursion limit: the parser gives up near 1000 levels)
+MAX_DEPTH = 100
 ROLES = ("system", "user", "assistant")
 
 # canonical field -> accepted source column names, in order of preference
@@ -96,6 +94,7 @@ class Normalized:
     rows: list[dict[str, Any]]
     lines: list[int]
     problems: list[Problem]
+    columns: list[str] = field(default_factory=list)
 
     def report(self, limit: int = MAX_PROBLEMS_SHOWN) -> str:
         shown = "\n".join(str(p) for p in self.problems[:limit])
@@ -104,7 +103,7 @@ class Normalized:
 
 
 class DatasetError(ValueError):
-    """A data set operation that cannot be done; the message says why."""
+    """A data set file or operation that cannot be used; the message says why."""
 
 
 # --- reading ------------------------------------------------------------------------
@@ -137,15 +136,25 @@ def read_file(path: Path) -> Parsed:
                 except json.JSONDecodeError as exc:
                     parsed.problems.append(Problem(n, f"invalid JSON: {exc.msg} at column {exc.colno}"))
                     continue
+                except RecursionError:
+                    column = _too_deep_at(text) + 1
+                    parsed.problems.append(Problem(n, f"nested more than {MAX_DEPTH} levels deep at column {column}"))
+                    continue
                 _add(parsed, n, obj)
     elif suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
+            text = raw.decode("utf-8-sig")
+            data = json.loads(text)
         except UnicodeDecodeError as exc:
-            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            line = raw[: exc.start].count(b"\n") + 1
             raise DatasetError(f"{path.name}: line {line}: undecodable bytes (not UTF-8)") from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path.name}: line {exc.lineno}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+        except RecursionError:
+            at = _too_deep_at(text)
+            line = text.count("\n", 0, at) + 1
+            raise DatasetError(f"{path.name}: line {line}: nested more than {MAX_DEPTH} levels deep (a data set row is an object of fields)") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -193,6 +202,28 @@ def read_file(path: Path) -> Parsed:
         seen.update(dict.fromkeys(rec))
     parsed.columns = list(seen)
     return parsed
+
+
+def _too_deep_at(text: str) -> int:
+    """Where JSON text first nests deeper than MAX_DEPTH (an offset; 0 if it does not)."""
+    depth, in_string, escaped = 0, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return i
+        elif ch in "]}":
+            depth -= 1
+    return 0
 
 
 def _add(parsed: Parsed, line: int, obj: Any) -> None:
@@ -249,7 +280,7 @@ def _messages(value: Any, name: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)  # CSV cells hold JSON text
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ValueError(f"field '{name}' must be a list of messages") from None
     if not isinstance(value, list) or not value:
         raise ValueError(f"field '{name}' must be a non-empty list of messages")
@@ -323,7 +354,7 @@ def normalize(parsed: Parsed, fmt: Optional[str] = None, mapping: Optional[dict[
         except ValueError as exc:
             problems.append(Problem(line, str(exc), parsed.unit))
     problems.sort(key=lambda p: p.line)
-    return Normalized(fmt, mapping, rows, lines, problems)
+    return Normalized(fmt, mapping, rows, lines, problems, list(parsed.columns))
 
 
 def fingerprint(rows: list[dict[str, Any]]) -> str:
@@ -332,178 +363,3 @@ def fingerprint(rows: list[dict[str, Any]]) -> str:
         h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
-
-
-# --- the registry -------------------------------------------------------------------------
-
-
-def dataset_dir(dataset_id: int) -> Path:
-    return data_home() / "datasets" / str(dataset_id)
-
-
-def count() -> int:
-    with session() as s:
-        return s.scalar(select(func.count()).select_from(Dataset)) or 0
-
-
-def list_datasets() -> list[Dataset]:
-    with session() as s:
-        return list(s.scalars(select(Dataset).order_by(Dataset.id)).all())
-
-
-def get(dataset_id: int) -> Dataset:
-    with session() as s:
-        row = s.get(Dataset, dataset_id)
-    if row is None:
-        raise DatasetError(f"there is no data set {dataset_id}")
-    return row
-
-
-def find(ref: str) -> Dataset:
-    """A data set by id or by name."""
-    ref = str(ref).strip()
-    with session() as s:
-        row = s.get(Dataset, int(ref)) if ref.isdigit() else None
-        if row is None:
-            row = s.scalars(select(Dataset).where(func.lower(Dataset.name) == ref.lower())).first()
-    if row is None:
-        raise DatasetError(f"there is no data set with id or name {ref!r} (see: python -m core data list)")
-    return row
-
-
-def dataset_dict(row: Dataset) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "format": row.format,
-        "status": row.status,
-        "origin": row.origin,
-        "num_rows": row.num_rows,
-        "fingerprint": row.fingerprint,
-        "path": str(data_home() / row.path) if row.path else None,
-        "details": row.details or {},
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-    }
-
-
-def load(row: Dataset):
-    """The stored DatasetDict (train, and validation when there is one)."""
-    from datasets import load_from_disk
-
-    if row.status != "available" or not row.path:
-        raise DatasetError(f"data set '{row.name}' is {row.status}, not available")
-    return load_from_disk(str(data_home() / row.path))
-
-
-def active_jobs_using(dataset_id: int) -> list[Job]:
-    with session() as s:
-        active = s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
-    return [j for j in active if dataset_id in (j.dataset_ids or [])]
-
-
-def rename(dataset_id: int, new_name: str) -> Dataset:
-    from core.specs import SpecError, check_model_name
-
-    new_name = check_model_name(new_name)
-    with session() as s:
-        row = s.get(Dataset, dataset_id)
-        if row is None:
-            raise DatasetError(f"there is no data set {dataset_id}")
-        taken = s.scalars(select(Dataset.id).where(func.lower(Dataset.name) == new_name.lower(), Dataset.id != dataset_id)).first()
-        if taken is not None:
-            raise SpecError("name", f"a data set named {new_name!r} already exists: choose another name")
-        old, row.name = row.name, new_name
-        s.add(Event(message=f"Data set '{old}' renamed to '{new_name}'"))
-    return row
-
-
-def delete(dataset_id: int) -> None:
-    """Delete a data set's row and files; refused while a job uses it."""
-    users = [j.id for j in active_jobs_using(dataset_id)]
-    if users:
-        raise DatasetError(f"data set {dataset_id} is in use by job {', '.join(map(str, users))}: cancel it or wait")
-    with session() as s:
-        row = s.get(Dataset, dataset_id)
-        if row is None:
-            raise DatasetError(f"there is no data set {dataset_id}")
-        s.add(Event(message=f"Data set '{row.name}' deleted"))
-        s.delete(row)
-    shutil.rmtree(dataset_dir(dataset_id), ignore_errors=True)
-
-
-# --- jobs that make or use data sets -------------------------------------------------------
-
-
-def partial_dir(dataset_id: int) -> Path:
-    return data_home() / "datasets" / f"{dataset_id}.partial"
-
-
-def reserve_outputs(s, spec: Any) -> list[int]:
-    """The row of the data set an import job will produce (status 'creating')."""
-    from core.specs import SpecError
-
-    if spec.kind != "import_dataset":
-        return []
-    for old in s.scalars(select(Dataset).where(func.lower(Dataset.name) == spec.name.lower(), Dataset.status == "error")):
-        s.delete(old)  # a failed import gives its name up
-    s.flush()
-    if s.scalars(select(Dataset.id).where(func.lower(Dataset.name) == spec.name.lower())).first() is not None:
-        raise SpecError("name", f"a data set named {spec.name!r} already exists: choose another name")
-    row = Dataset(name=spec.name, format=spec.format or "auto", status="creating", origin=spec.path, details={})
-    s.add(row)
-    s.flush()
-    return [row.id]
-
-
-def resolve_inputs(s, spec: Any) -> list[int]:
-    """Ids of the data sets a job reads (its `dataset` field: a name or an id)."""
-    from core.specs import SpecError
-
-    ref = getattr(spec, "dataset", None)
-    if not ref:
-        return []
-    ref = str(ref).strip()
-    row = s.get(Dataset, int(ref)) if ref.isdigit() else None
-    if row is None:
-        row = s.scalars(select(Dataset).where(func.lower(Dataset.name) == ref.lower())).first()
-    if row is None:
-        raise SpecError("dataset", f"there is no data set {ref!r} (see: python -m core data list)")
-    if row.status != "available":
-        raise SpecError("dataset", f"data set '{row.name}' is {row.status}, not available")
-    accepted = getattr(spec, "dataset_formats", FORMATS)
-    if row.format not in accepted:
-        raise SpecError("dataset", f"'{row.name}' is {row.format} data; {spec.kind} needs {' or '.join(accepted)} data")
-    return [row.id]
-
-
-def settle_outputs(s, job: Job) -> None:
-    """After an import ends badly, nothing is left registered."""
-    if job.status == "succeeded":
-        return
-    for row in s.scalars(select(Dataset).where(Dataset.id.in_(job.dataset_ids or []), Dataset.status == "creating")):
-        shutil.rmtree(partial_dir(row.id), ignore_errors=True)
-        shutil.rmtree(dataset_dir(row.id), ignore_errors=True)
-        s.delete(row)
-
-
-def publish(dataset_id: int, job_id: int, facts: dict[str, Any]) -> None:
-    """Move the saved data set into place, only while its job still runs."""
-    from storage.db import write_lock
-
-    src, dst = partial_dir(dataset_id), dataset_dir(dataset_id)
-    with session() as s:
-        write_lock(s)
-        row = s.get(Dataset, dataset_id)
-        job = s.get(Job, job_id)
-        if row is None or row.status != "creating" or job is None or job.status != "running":
-            shutil.rmtree(src, ignore_errors=True)
-            raise RuntimeError(f"data set {dataset_id}: its job ended before it was saved")
-        for key, value in facts.items():
-            setattr(row, key, value)
-        row.path = str(dst.relative_to(data_home()))
-        row.status = "available"
-        s.add(Event(message=f"Data set '{row.name}' imported: {row.num_rows} rows ({row.format})"))
-        s.flush()
-        if dst.exists():
-            shutil.rmtree(dst)
-        src.rename(dst)

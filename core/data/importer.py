@@ -1,6 +1,7 @@
 """The data set import job: read, validate, split, save, measure.
 
     python -m core data import assets/samples/instructions.jsonl --name alpaca-demo --wait
+    python -m core data import mine.csv --name mine --format instruction --map prompt=question --drop-bad-rows
 """
 
 from __future__ import annotations
@@ -10,14 +11,105 @@ import random
 import shutil
 import statistics
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from core import datasets, models
-from core.run import BadInput, Run
-from core.specs import ImportDatasetSpec
+from pydantic import Field, field_validator
+
+from core.data import files
+from core.data import registry as datasets
+from core.jobs.run import BadInput, Run
+from core.models import registry as models
+from core.spec import Name, Spec, SpecError
 from storage.db import data_home
 
 MAX_LENGTHS_KEPT = 20_000  # token lengths stored for the histogram
+
+
+class ImportDatasetSpec(Spec):
+    """Import a JSONL, JSON, CSV or Parquet file as a validated data set."""
+
+    kind: ClassVar[str] = "import_dataset"
+    command: ClassVar[tuple[str, ...]] = ("data", "import")
+    positional: ClassVar[tuple[str, ...]] = ("path",)
+    flags: ClassVar[dict[str, str]] = {"mapping": "map"}
+    output: ClassVar[str] = "dataset"
+    output_field: ClassVar[str] = "name"
+
+    path: str
+    """The file to import (JSONL, JSON, CSV or Parquet)."""
+    name: Name
+    """Name of the data set (unique)."""
+    format: Literal["", "text", "instruction", "chat", "preference", "prompt"] = ""
+    """The rows' format; empty = detect it from the columns."""
+    mapping: dict[str, str] = {}
+    """Canonical field -> column of the file (FIELD=COLUMN), where the detected mapping is wrong."""
+    drop_bad_rows: bool = False
+    """Import the good rows and report the bad ones (default: refuse the file)."""
+    validation_fraction: float = Field(0.1, ge=0, le=0.5)
+    """Share of rows held out as the validation split (0 for none)."""
+    seed: int = Field(0, ge=0)
+    """Seed of the train/validation shuffle."""
+    tokenizer_model: str = ""
+    """Model (name or id) whose tokenizer measures token statistics; empty = any available."""
+
+    @field_validator("path")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        path = Path(value or "").expanduser()
+        if not value or not path.is_file():
+            raise ValueError(f"{value or '(empty)'} is not a file")
+        if path.suffix.lower() not in files.EXTENSIONS:
+            raise ValueError(f"{path.name}: unsupported file type; use one of {', '.join(files.EXTENSIONS)}")
+        if path.stat().st_size > files.MAX_FILE_BYTES:
+            raise ValueError(f"{path.name} is over the {files.MAX_FILE_BYTES // 2**20} MB limit")
+        return str(path.resolve())  # the worker runs elsewhere: keep the path it can find
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):  # FIELD=COLUMN pairs, as the CLI gives them
+            pairs = {}
+            for pair in value:
+                key, sep, column = str(pair).partition("=")
+                if not sep or not key.strip() or not column.strip():
+                    raise ValueError(f"{pair!r}: write it as FIELD=COLUMN, e.g. response=answer")
+                pairs[key.strip()] = column.strip()
+            value = pairs
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(files.ALIASES))
+            if unknown:
+                raise ValueError(f"{unknown[0]!r} is not a field of any format: map one of {', '.join(files.ALIASES)}")
+        return value
+
+    def title(self) -> str:
+        return f"Import data set '{self.name}' from {Path(self.path).name}"
+
+    def check_inputs(self) -> None:
+        """Every row is checked before the job is queued: a refused file registers nothing."""
+        checked = check(self)
+        if checked.problems and not self.drop_bad_rows:
+            raise SpecError("path", bad_rows(self, checked))
+
+
+def bad_rows(spec: ImportDatasetSpec, norm: files.Normalized) -> str:
+    return (
+        f"{len(norm.problems)} bad row(s) in {Path(spec.path).name}; nothing imported: fix the file, or import "
+        f"the good rows (--drop-bad-rows; on the page: \"Drop the bad rows\"):\n{norm.report()}"
+    )
+
+
+def check(spec: ImportDatasetSpec) -> files.Normalized:
+    """Read and check every row; a file that cannot be used at all is a SpecError."""
+    name = Path(spec.path).name
+    try:
+        norm = files.normalize(files.read_file(Path(spec.path)), spec.format or None, spec.mapping)
+    except files.DatasetError as exc:
+        raise SpecError("path", str(exc)) from None
+    if not norm.rows and not norm.problems:
+        raise SpecError("path", f"{name} has no rows: give a file with at least one record")
+    if not norm.rows:
+        raise SpecError("path", f"none of the {len(norm.problems)} row(s) of {name} is usable:\n{norm.report()}")
+    return norm
 
 
 def pick_tokenizer_model(ref: str = "") -> Optional[Any]:
@@ -59,18 +151,11 @@ def run_import_dataset(spec: ImportDatasetSpec, run: Run) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
 
     run.progress(0, total, f"reading {Path(spec.path).name}", force=True)
-    try:
-        parsed = datasets.read_file(Path(spec.path))
-        norm = datasets.normalize(parsed, spec.format or None, spec.mapping)
-    except datasets.DatasetError as exc:
-        raise BadInput(str(exc)) from None
+    norm = check(spec)  # again: the file may have changed since it was queued
     if norm.problems and not spec.drop_bad_rows:
-        raise BadInput(
-            f"{len(norm.problems)} bad row(s) in {Path(spec.path).name}; fix them or import with "
-            f"--drop-bad-rows:\n{norm.report()}"
-        )
-    if not norm.rows:
-        raise BadInput(f"{Path(spec.path).name}: no usable rows")
+        raise BadInput(bad_rows(spec, norm))
+    columns = ", ".join(f"{k} <- {v}" for k, v in norm.mapping.items())
+    run.progress(0, total, f"{len(norm.rows)} rows, format {norm.format}: {columns}", force=True)
     for p in norm.problems:
         print(f"dropped {p}", flush=True)
     run.check_cancel()
@@ -96,7 +181,7 @@ def run_import_dataset(spec: ImportDatasetSpec, run: Run) -> dict[str, Any]:
     details: dict[str, Any] = {
         "source_file": spec.path,
         "mapping": norm.mapping,
-        "columns": parsed.columns,
+        "columns": norm.columns,
         "splits": {name: len(ds) for name, ds in splits.items()},
         "dropped": [{"line": p.line, "message": p.message} for p in norm.problems],
         "seed": spec.seed,
@@ -105,7 +190,7 @@ def run_import_dataset(spec: ImportDatasetSpec, run: Run) -> dict[str, Any]:
     if tok_model is not None:
         run.progress(3, total, f"measuring tokens with the '{tok_model.name}' tokenizer", force=True)
         tokenizer = AutoTokenizer.from_pretrained(data_home() / tok_model.path)
-        from core.sft_format import token_lengths
+        from core.data.render import token_lengths
 
         lengths = token_lengths(norm.format, norm.rows, tokenizer)
         details["tokens"] = dict(token_stats(lengths), tokenizer_model=tok_model.name, tokenizer_model_id=tok_model.id)
@@ -113,6 +198,6 @@ def run_import_dataset(spec: ImportDatasetSpec, run: Run) -> dict[str, Any]:
     datasets.publish(
         dataset_id,
         run.job_id,
-        dict(format=norm.format, num_rows=len(norm.rows), fingerprint=datasets.fingerprint(norm.rows), details=details),
+        dict(format=norm.format, num_rows=len(norm.rows), fingerprint=files.fingerprint(norm.rows), details=details),
     )
     return {"dataset_id": dataset_id, "rows": len(norm.rows), "dropped": len(norm.problems)}

@@ -54,7 +54,7 @@ def render_segments(fmt: str, row: dict[str, Any], tokenizer, completion_only: b
     ex = training_example(fmt, row, tokenizer, completion_only)
     eos = tokenizer.eos_token or ""
     if "text" in ex:
-        return [(_bos(tokenizer) + ex["text"] + eos, True)]
+        return [(bos_text(tokenizer) + ex["text"] + eos, True)]
     if "messages" in ex:
         return [(tokenizer.apply_chat_template(ex["messages"], tokenize=False), True)]
     if isinstance(ex["prompt"], list):
@@ -63,10 +63,10 @@ def render_segments(fmt: str, row: dict[str, Any], tokenizer, completion_only: b
         if not full.startswith(prompt):  # a template that rewrites earlier turns
             return [(full, True)]
         return [(prompt, False), (full[len(prompt):], True)]
-    return [(_bos(tokenizer) + ex["prompt"], False), (ex["completion"] + eos, True)]
+    return [(bos_text(tokenizer) + ex["prompt"], False), (ex["completion"] + eos, True)]
 
 
-def _bos(tokenizer) -> str:
+def bos_text(tokenizer) -> str:
     """The BOS token when the tokenizer adds one to plain text (as TRL's tokenisation does)."""
     bos = tokenizer.bos_token_id
     if bos is not None and tokenizer("a")["input_ids"][:1] == [bos]:

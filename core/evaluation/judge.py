@@ -1,4 +1,8 @@
-"""LLM-as-judge: rubrics, the two kinds of judge, and reading their grades.
+"""LLM-as-judge: rubrics, the two kinds of judge, reading their grades, and the
+evaluation job that puts them together.
+
+    python -m core eval judge --model NAME --dataset NAME --judge-model NAME
+    JUDGE_API_KEY=... python -m core eval judge --model NAME --dataset NAME --judge-url http://127.0.0.1:8000/v1 --judge-api-key-env JUDGE_API_KEY
 
 A rubric is a stored, editable prompt with {question}, {reference} and {answer}
 in it and a score scale. The judge is a registered model (run here) or any
@@ -15,10 +19,17 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, ClassVar, Optional
 
+from pydantic import Field, model_validator
 from sqlalchemy import select
 
+from core.evaluation.common import evaluate_targets
+from core.evaluation.generation import EvalGenerationSpec, answers, generation_settings, prompts_for, prompts_of
+from core.inference import generate
+from core.jobs.run import BadInput, Run
+from core.models import registry as models
+from core.spec import SpecError
 from storage.db import session, write_lock
 from storage.tables import Rubric, utcnow
 
@@ -197,10 +208,131 @@ def ask_endpoint(url: str, prompt: str, *, api_key: str = "", model: str = "", m
 
 def ask_local(model, tokenizer, prompt: str, max_tokens: int = 256) -> str:
     """A registered model as judge: its chat template, greedy decoding."""
-    from core import generate
-
     text = generate.prompt_text(tokenizer, [{"role": "user", "content": prompt}])
     try:
         return "".join(generate.stream(model, tokenizer, text, generate.Settings(max_new_tokens=max_tokens, temperature=0)))
     except ValueError as exc:  # e.g. the filled rubric is longer than the judge's context
         raise JudgeError(f"the judge model cannot take this prompt: {exc}") from None
+
+
+# --- the job ------------------------------------------------------------------------------
+
+
+class EvalJudgeSpec(EvalGenerationSpec):
+    """A judge grades the model's answers with a rubric: a registered model, or any
+    OpenAI-compatible endpoint (this platform's own server included)."""
+
+    kind: ClassVar[str] = "eval_judge"
+    command: ClassVar[tuple[str, ...]] = ("eval", "judge")
+    input_models: ClassVar[tuple[str, ...]] = ("model", "judge_model")
+    secrets: ClassVar[tuple[str, ...]] = ("judge_api_key",)
+
+    max_samples: int = Field(20, ge=0)
+    """Judge the first N rows of the split (0: all)."""
+    judge_model: str = ""
+    """A registered model as the judge: name or id (or give judge_url)."""
+    judge_url: str = ""
+    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (or give judge_model)."""
+    judge_api_key: str = ""
+    """Key for the endpoint, sent as a Bearer token (stored with the job; shown masked).
+    On the command line prefer --judge-api-key-env VAR: a key in the arguments shows in the process list."""
+    judge_endpoint_model: str = ""
+    """The `model` field sent to the endpoint (empty: "default")."""
+    rubric: str = "default"
+    """Name of the stored rubric (Evaluation page, Rubrics tab)."""
+    judge_max_new_tokens: int = Field(256, ge=1, le=32768)
+    """Longest judge reply, in tokens."""
+
+    @model_validator(mode="after")
+    def _one_judge(self) -> "EvalJudgeSpec":
+        self.judge_url = self.judge_url.strip()
+        if not self.judge_model and not self.judge_url:
+            raise SpecError("judge_model", "choose the judge: a registered judge_model or a judge_url")
+        if self.judge_model and self.judge_url:
+            raise SpecError("judge_model", "give either a registered judge_model or a judge_url, not both")
+        if self.judge_url and not re.match(r"^https?://[^\s/]+", self.judge_url):
+            raise SpecError("judge_url", f"{self.judge_url!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
+        if not self.rubric.strip():
+            raise SpecError("rubric", "give the name of a rubric")
+        return self
+
+    def title(self) -> str:
+        judge = self.judge_model or self.judge_url
+        return f"Judge ({judge}) grades '{self.model}' on '{self.dataset}'"
+
+
+def run_eval_judge(spec: EvalJudgeSpec, run: Run) -> dict[str, Any]:
+    data_row, rows, split, n_prompts = prompts_for(spec, run)
+    try:
+        rubric = get_rubric(spec.rubric)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if spec.judge_model:
+        judge_row = models.get(run.model_ids[1])
+        run.progress(0, None, f"loading the judge '{judge_row.name}'", force=True)
+        judge_model, judge_tok = generate.load(judge_row)
+
+        def ask(prompt: str) -> str:
+            return ask_local(judge_model, judge_tok, prompt, spec.judge_max_new_tokens)
+
+        judge_name = judge_row.name
+    else:
+
+        def ask(prompt: str) -> str:
+            return ask_endpoint(
+                spec.judge_url, prompt, api_key=spec.judge_api_key, model=spec.judge_endpoint_model, max_tokens=spec.judge_max_new_tokens
+            )
+
+        judge_name = spec.judge_url
+
+    def score(model, tokenizer, tick):
+        prompts = prompts_of(data_row.format, rows, tokenizer)
+        counts: dict[str, int] = {}
+        answered = list(answers(model, tokenizer, prompts, spec, lambda n, m: tick(n // 2, m), counts))
+        samples, grades, failures, errors = [], [], 0, 0
+        for number, ((i, question, _, reference, _), output) in enumerate(answered, 1):
+            prompt = rubric.fill(question, reference, output)
+            try:
+                reply = ask(prompt)
+            except JudgeError as exc:
+                if number == 1:
+                    raise BadInput(str(exc)) from None  # the judge cannot be asked at all
+                errors += 1
+                samples.append({"idx": i, "prompt": question, "reference": reference, "output": output,
+                                "scores": {}, "extra": {"judge_error": str(exc)}})
+                tick((len(answered) + number) // 2, f"judged {number} of {len(answered)}")
+                continue
+            grade = parse_grade(reply, rubric.scale_min, rubric.scale_max)
+            if grade.score is None:
+                failures += 1
+            else:
+                grades.append(grade.score)
+            samples.append(
+                {
+                    "idx": i,
+                    "prompt": question,
+                    "reference": reference,
+                    "output": output,
+                    "scores": {"judge_score": grade.score} if grade.score is not None else {},
+                    "extra": {"reasoning": grade.reasoning, "judge_reply": reply, "parse_error": grade.error},
+                }
+            )
+            tick((len(answered) + number) // 2, f"judged {number} of {len(answered)}")
+        metrics = {
+            "judge_score": sum(grades) / len(grades) if grades else None,
+            "graded": len(grades),
+            "parse_failures": failures,
+            "judge_errors": errors,
+            "samples": len(samples),
+            **counts,
+        }
+        return metrics, samples
+
+    result = evaluate_targets(spec, run, score, n_prompts)
+    result.update(
+        split=split,
+        num_samples=len(rows),
+        settings=generation_settings(spec) | {"judge": judge_name, "judge_max_new_tokens": spec.judge_max_new_tokens},
+        rubric={"name": rubric.name, "text": rubric.text, "scale": [rubric.scale_min, rubric.scale_max]},
+    )
+    return result

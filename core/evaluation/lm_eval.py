@@ -1,8 +1,13 @@
-"""Run lm-evaluation-harness tasks on a loaded model, offline, with local task data.
+"""Run lm-evaluation-harness tasks on a loaded model, offline, with local task
+data; and the evaluation job that does it.
 
-    from core import generate, lm_eval_bridge, models
+    python -m core eval lm-eval --model NAME --task llmdev_basics --wait --json
+
+    from core.evaluation import lm_eval
+    from core.inference import generate
+    from core.models import registry as models
     model, tokenizer = generate.load(models.find("tiny"))   # an adapter comes as a PeftModel
-    result = lm_eval_bridge.run(model, tokenizer, ["llmdev_basics"], limit=10)
+    result = lm_eval.run_tasks(model, tokenizer, ["llmdev_basics"], limit=10)
     result["metrics"]   # {"llmdev_basics/acc": 0.3, "llmdev_basics/acc_norm": 0.4}
 
 Tasks are lm-eval YAML files: ours live in assets/lm_eval_tasks/, more folders
@@ -28,17 +33,23 @@ from __future__ import annotations
 import functools
 import numbers
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, Sequence
 
 import yaml
+from pydantic import Field, field_validator, model_validator
 
+from core.evaluation.common import EvalSpec, finite, store
 from core.format import jsonable
+from core.inference import generate
+from core.jobs.run import BadInput, Run
+from core.models import registry as models
+from core.spec import SpecError
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).resolve().parents[2] / "assets" / "lm_eval_tasks"
 # Means get a closed-form stderr; other aggregations (bleu, ...) are bootstrapped
 # this many times (lm-eval's default, 100000, is slow on 2 cores).
 BOOTSTRAP_ITERS = 1000
@@ -61,7 +72,7 @@ def local_tasks(include_paths: Sequence[str | Path] = ()) -> list[str]:
     return sorted(names)
 
 
-def run(
+def run_tasks(
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
     tasks: list[str],
@@ -332,3 +343,102 @@ def _texts(sample: dict, output_type: str) -> tuple[str, str, str]:
         reference = " | ".join(choices[g] if isinstance(g, int) and 0 <= g < len(choices) else str(g) for g in gold)
         return prompt, reference, choices[best]
     return prompt, str(target), str(resps[0])  # generated text (or a log-likelihood for other types)
+
+
+# --- the job ------------------------------------------------------------------------------
+
+
+class EvalLmEvalSpec(EvalSpec):
+    """lm-evaluation-harness tasks whose data is local (our own tasks ship in
+    assets/lm_eval_tasks) on a registered model or adapter."""
+
+    kind: ClassVar[str] = "eval_lm_eval"
+    command: ClassVar[tuple[str, ...]] = ("eval", "lm-eval")
+    flags: ClassVar[dict[str, str]] = {"tasks": "task"}
+
+    tasks: list[str] = []
+    """Task names (local tasks, or tasks in task_dir)."""
+    task_dir: str = ""
+    """A folder of your own lm-eval task YAML files (their data must be local)."""
+    limit: int = Field(0, ge=0)
+    """Documents per task (0: all)."""
+    batch_size: int = Field(8, ge=1, le=4096)
+    """Requests scored together."""
+    seed: int = Field(0, ge=0)
+    """lm-eval's random, numpy and torch seeds."""
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "a, b" from a form or a YAML line
+            value = value.split(",")
+        if isinstance(value, list):
+            value = [str(t).strip() for t in value if str(t).strip()]
+            if not value:
+                raise ValueError("give at least one task")
+        return value
+
+    @model_validator(mode="after")
+    def _some_task(self) -> "EvalLmEvalSpec":
+        if not self.tasks:
+            raise SpecError("tasks", "give at least one task (local tasks ship in assets/lm_eval_tasks)")
+        return self
+
+    @field_validator("task_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if not value:
+            return value
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return str(path.resolve())
+
+    def title(self) -> str:
+        return f"lm-eval {', '.join(self.tasks)} on '{self.model}'"
+
+
+def run_eval_lm_eval(spec: EvalLmEvalSpec, run: Run) -> dict[str, Any]:
+    import os
+
+    # tasks run on local data only: without this a Hub task spends ~25 s retrying downloads
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    row = models.get(run.model_ids[0])
+    run.progress(0, None, f"loading '{row.name}'", force=True)
+    model, tokenizer = generate.load(row)
+    run.check_cancel()
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        run.progress(done, total, message or f"request {done} of {total}")
+
+    try:
+        out = run_tasks(
+            model,
+            tokenizer,
+            spec.tasks,
+            include_paths=[spec.task_dir] if spec.task_dir else [],
+            limit=spec.limit or None,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            progress=progress,
+            check_cancel=run.check_cancel,
+        )
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    store(run.job_id, None, [{**s, "extra": {"task": s.get("task")}} for s in out["samples"]])
+    step = (row.details or {}).get("steps")
+    if step is not None:
+        run.metrics(step, finite(out["metrics"]))
+    return jsonable({
+        "metrics": out["metrics"],
+        "higher_is_better": out.get("higher_is_better", {}),
+        "task_fingerprints": fingerprints(spec.tasks, [spec.task_dir] if spec.task_dir else []),
+        "model": row.name,
+        "model_id": row.id,
+        "tasks": spec.tasks,
+        "seed": spec.seed,
+        "num_samples": len(out["samples"]),
+        "settings": {"limit": spec.limit, "batch_size": spec.batch_size, **out.get("config", {})},
+        "versions": out.get("versions", {}),
+        "by_step": [],
+    })

@@ -9,16 +9,9 @@ from typing import Any, Optional
 
 from sqlalchemy import select
 
-from core.specs import EVAL_KINDS
 from storage.db import session
 from storage.tables import EvalSample, Job
 
-KIND_LABELS = {
-    "eval_perplexity": "perplexity",
-    "eval_generation": "generation",
-    "eval_judge": "judge",
-    "eval_lm_eval": "lm-eval",
-}
 # metrics where lower is better (everything else: higher is better); lm-eval names
 # are "task/metric" or "task/metric:filter"
 LOWER_IS_BETTER = {
@@ -33,9 +26,23 @@ def lower_is_better(name: str) -> bool:
 COUNTS = {"tokens", "texts", "skipped", "samples", "graded", "truncated_prompts"}
 
 
+def eval_kinds() -> list[str]:
+    """The kinds whose output is an evaluation."""
+    from core.kinds import KINDS
+
+    return [kind for kind, k in KINDS.items() if k.spec.output == "evaluation"]
+
+
+def kind_label(kind: str) -> str:
+    """A kind's short name: "perplexity", "lm-eval"."""
+    from core.kinds import KINDS
+
+    return KINDS[kind].spec.short_name() if kind in KINDS else kind
+
+
 def eval_jobs(status: Optional[str] = "succeeded", limit: int = 500) -> list[Job]:
     """Evaluation jobs, newest first."""
-    query = select(Job).where(Job.kind.in_(EVAL_KINDS)).order_by(Job.id.desc()).limit(limit)
+    query = select(Job).where(Job.kind.in_(eval_kinds())).order_by(Job.id.desc()).limit(limit)
     if status:
         query = query.where(Job.status == status)
     with session() as s:
@@ -49,7 +56,7 @@ def results_rows(job_list: Optional[list[Job]] = None) -> list[dict[str, Any]]:
         result = job.result or {}
         row: dict[str, Any] = {
             "job": job.id,
-            "kind": KIND_LABELS.get(job.kind, job.kind),
+            "kind": kind_label(job.kind),
             "model": result.get("model", ""),
             "dataset": result.get("dataset") or ", ".join(result.get("tasks", [])),
             "split": result.get("split", ""),

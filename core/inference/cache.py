@@ -1,7 +1,7 @@
 """Loaded models kept in memory for the playground: a thread-safe LRU cache with a
 memory budget.
 
-    from core.model_cache import ModelCache, default_budget
+    from core.inference.cache import ModelCache, default_budget
     cache = ModelCache(default_budget())
     model, tokenizer = cache.get(models.find("starter"))
 
@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from core import generate, models
+from core.inference import generate
+from core.models import registry as models
 from storage.db import data_home
 
 GiB = 2**30

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from core import models
+from core.models import registry as models
 from storage.db import data_home
 
 
@@ -108,18 +108,18 @@ def load(row, weights: Optional[Path] = None):
 def prompt_text(tokenizer, messages: list[dict[str, str]], raw: bool = False) -> str:
     """The text the model continues: its chat template; for a tokenizer without one,
     the "### Instruction / ### Response" layout that fine-tuning here trains such
-    models with (core.sft_format); in raw mode the plain text (base models)."""
+    models with (core.data.render); in raw mode the plain text (base models)."""
     if raw:
         return "\n".join(m["content"] for m in messages)
     if not tokenizer.chat_template:
-        from core.sft_format import PLAIN_PROMPT, _bos
+        from core.data.render import PLAIN_PROMPT, bos_text
 
         turns = [m for m in messages if m["role"] != "system"]
         if len(turns) == 1:  # one question: the instruction layout
             history = turns[0]["content"]
         else:  # a conversation: role-prefixed lines, as chat data is trained
             history = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-        return _bos(tokenizer) + PLAIN_PROMPT.format(prompt=history)
+        return bos_text(tokenizer) + PLAIN_PROMPT.format(prompt=history)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

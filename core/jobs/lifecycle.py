@@ -2,11 +2,13 @@
 
     queued -> running -> succeeded | failed | cancelled
 
-`submit(spec)` validates, writes the row and runs/<id>/spec.json, and starts a
-worker (`python -m core.worker <id>`) if fewer than max_concurrent_jobs run. A
+`submit(spec)` checks the spec's inputs, reserves its outputs, writes the row and
+runs/<id>/spec.json, and starts a worker (`python -m core.worker <id>`) if fewer
+than max_concurrent_jobs run (a service, which runs until stopped, takes no slot). A
 finishing worker starts the next queued job, so the queue drains with no daemon
 and no browser. Whoever looks (`refresh()`: the UI, the CLI, a worker) marks a
-running job whose worker is gone as failed/lost and escalates overdue cancels.
+running job whose worker is gone (core/jobs/liveness.py) as failed/lost and
+escalates overdue cancels.
 Every state change is a conditional UPDATE on the current status, so two
 processes racing to finish the same job cannot both win.
 """
@@ -28,17 +30,18 @@ from typing import Any, Optional
 
 from sqlalchemy import func, select, update
 
-from core import config, datasets, models
-from core.specs import spec_to_dict
+from core import config
+from core.data import registry as datasets
+from core.jobs.liveness import worker_alive
+from core.models import registry as models
 from storage.db import data_home, database_url, session, write_lock
 from storage.tables import Event, Job, Metric, utcnow
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 ERROR_CLASSES = ("bad_input", "out_of_memory", "crashed", "lost")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL_LINES = 40
-PF_EXITING = 0x4  # /proc/<pid>/stat flags: the process is exiting
 HOST = socket.gethostname()
 
 # Worker processes this process started; polled so they do not linger as zombies.
@@ -56,6 +59,7 @@ def log_path(job_id: int) -> Path:
 def submit(spec: Any, *, start: bool = True) -> int:
     """Queue a validated spec; returns the job id. Writes nothing if anything fails."""
     config.check()  # a bad setting is reported before a job is written
+    spec.check_inputs()  # files it reads are checked before anything is written
     folder: Optional[Path] = None
     try:
         with session() as s:
@@ -65,10 +69,10 @@ def submit(spec: Any, *, start: bool = True) -> int:
             job = Job(
                 kind=spec.kind,
                 title=spec.title(),
-                spec=spec_to_dict(spec),
+                spec=spec.to_dict(),
                 model_ids=model_ids,
                 dataset_ids=dataset_ids,
-                resumed_from=getattr(spec, "resume_from_job", 0) or None,
+                resumed_from=(spec.resume_from_job or None) if spec.trains else None,
                 status="queued",
                 progress_step=0,
                 progress_message="queued",
@@ -82,7 +86,7 @@ def submit(spec: Any, *, start: bool = True) -> int:
             if folder.exists():  # left over from a database that was reset
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
-            (folder / "spec.json").write_text(json.dumps(spec_to_dict(spec), indent=2) + "\n")
+            (folder / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
             (folder / "spec.json").chmod(0o600)  # it may hold an API key
             job_id = job.id
     except BaseException:
@@ -94,18 +98,26 @@ def submit(spec: Any, *, start: bool = True) -> int:
     return job_id
 
 
+def _takes_slot(kind: str) -> bool:
+    """Services (a server) run until stopped: they take no job slot."""
+    from core.kinds import KINDS
+
+    return kind not in KINDS or not KINDS[kind].spec.service
+
+
 def _claim_next() -> Optional[int]:
-    """Mark the oldest queued job running if a slot is free; return its id."""
+    """Mark the oldest queued job running if a slot is free (a service needs
+    none); return its id."""
     with session() as s:
         # the common case, every second from every open tab: nothing queued, no lock
         if s.scalars(select(Job.id).where(Job.status == "queued").limit(1)).first() is None:
             return None
     with session() as s:
         write_lock(s)
-        running = s.scalar(select(func.count()).select_from(Job).where(Job.status == "running"))
-        if running >= config.max_concurrent_jobs():
-            return None
-        job = s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id).limit(1)).first()
+        running = sum(_takes_slot(k) for k in s.scalars(select(Job.kind).where(Job.status == "running")))
+        free = running < config.max_concurrent_jobs()
+        queued = s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id)).all()
+        job = next((j for j in queued if free or not _takes_slot(j.kind)), None)
         if job is None:
             return None
         now = utcnow()
@@ -150,7 +162,7 @@ def _launch(job_id: int) -> None:
                 start_new_session=True,  # survives Ctrl+C / restart of whoever started it
             )
     except OSError as exc:
-        _finish(job_id, "failed", error_class="crashed", error=f"could not start the worker: {exc}")
+        finish(job_id, "failed", error_class="crashed", error=f"could not start the worker: {exc}")
         return
     _children.append(proc)
     with session() as s:
@@ -166,43 +178,6 @@ def _reap_children() -> None:
                 pass
 
 
-def _pid_alive(pid: Optional[int], job_id: int) -> Optional[bool]:
-    """True if `pid` is a live (not zombie) worker for this job on this host;
-    None when the process exists but cannot be identified yet."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z" or int(fields[6]) & PF_EXITING:
-            return False
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:
-        return True
-    if cmdline in ([b""], []):
-        # An empty cmdline: a process still in exec right after Popen returned
-        # (young: cannot tell yet), or one being torn down (gone).
-        return None if _age_s(stat) < 5 else False
-    # PID reuse: the process must be our worker for this very job.
-    return b"core.worker" in cmdline and str(job_id).encode() in cmdline
-
-
-def _age_s(stat: str) -> float:
-    """Seconds since the process of this /proc/<pid>/stat line started."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    start = int(stat.rsplit(")", 1)[1].split()[19]) / ticks  # field 22: starttime
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    return uptime - start
-
-
 def _worker_alive(job: Job, now: datetime) -> bool:
     if job.host and job.host != HOST:
         # Another machine's worker (shared PostgreSQL): only its heartbeat tells.
@@ -211,7 +186,7 @@ def _worker_alive(job: Job, now: datetime) -> bool:
         # Claimed but not launched yet (or the launcher died right there).
         started = job.started_at or job.created_at
         return now - started < timedelta(seconds=30)
-    alive = _pid_alive(job.pid, job.id)
+    alive = worker_alive(job.pid, job.id)
     if alive is None:  # unidentifiable for now: trust a recent heartbeat
         return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
     return alive
@@ -234,9 +209,9 @@ def refresh() -> None:
                 _kill(job.pid, signal.SIGKILL)
                 alive = False
             if not alive:
-                _finish(job.id, "cancelled", error="cancelled")
+                finish(job.id, "cancelled", error="cancelled")
         elif not alive:
-            _finish(
+            finish(
                 job.id,
                 "failed",
                 error_class="lost",
@@ -265,16 +240,16 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
         raise ValueError(f"mode {mode!r}: use cancel or pause")
     job = get(job_id)
     if job.status == "queued":
-        if _finish(job_id, "cancelled", error="cancelled before it started", only_from=("queued",)):
+        if finish(job_id, "cancelled", error="cancelled before it started", only_from=("queued",)):
             return "cancelled (it had not started)"
         job = get(job_id)  # it started in the meantime: stop it like a running one
     if job.status in TERMINAL:
         return f"already {job.status}"
-    local = job.host == HOST and _pid_alive(job.pid, job_id) is not False
+    local = job.host == HOST and worker_alive(job.pid, job_id) is not False
     if job.cancel_requested_at is not None:
         if local:
             _kill(job.pid, signal.SIGKILL)
-        _finish(job_id, "cancelled", error="cancelled (killed on second cancel)")
+        finish(job_id, "cancelled", error="cancelled (killed on second cancel)")
         start_queued()
         return "killed"
     with session() as s:
@@ -297,7 +272,7 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
     return "stopping"
 
 
-def _finish(
+def finish(
     job_id: int,
     status: str,
     *,
@@ -435,11 +410,11 @@ def progress(job: Job, now: Optional[datetime] = None) -> Progress:
 
 def cli_command(job: Job) -> str:
     """The command line that replays this job from a terminal."""
-    from core.specs import spec_from_dict
+    from core.kinds import spec_from_dict
 
     try:
-        return spec_from_dict(job.spec).cli()
-    except ValueError:
+        return spec_from_dict(job.spec).replay()
+    except ValueError:  # a spec no longer valid (its input file is gone): the job itself
         return f"python -m core.worker {job.id}"
 
 

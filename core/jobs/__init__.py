@@ -1,0 +1,1 @@
+"""The job lifecycle: submit, queue, claim, heartbeat, cancel, lost workers; what a job function gets (`Run`) and what a job makes (outputs)."""

@@ -1,0 +1,68 @@
+"""Every job kind in one table: kind -> its spec class and the function that runs it.
+
+A kind is one file: its spec (a `core.spec.Spec` whose fields say what it takes
+and whose traits say what it is) and `run_<kind>(spec, run) -> dict`. Adding a
+kind = that file + one line below + the page section that shows it; the CLI
+command, the replay command, the YAML, the form defaults, the queue, DDP,
+resume and the registries all follow from the spec.
+
+Importing this loads no torch, transformers or TRL: the run functions import
+them when they are called (in the job process).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from core.data.importer import ImportDatasetSpec, run_import_dataset
+from core.evaluation.generation import EvalGenerationSpec, run_eval_generation
+from core.evaluation.judge import EvalJudgeSpec, run_eval_judge
+from core.evaluation.lm_eval import EvalLmEvalSpec, run_eval_lm_eval
+from core.evaluation.perplexity import EvalPerplexitySpec, run_eval_perplexity
+from core.export.merge import MergeAdapterSpec, run_merge_adapter
+from core.jobs.run import Run
+from core.models.create import CreateModelSpec, run_create_model
+from core.models.importer import ImportModelSpec, run_import_model
+from core.models.starter import AddStarterSpec, run_add_starter
+from core.spec import Spec, SpecError
+from core.training.sft import SFTSpec, run_sft
+
+
+class Kind(NamedTuple):
+    spec: type[Spec]
+    run: Callable[[Any, Run], dict]
+
+
+KINDS: dict[str, Kind] = {
+    k.spec.kind: k
+    for k in (
+        Kind(CreateModelSpec, run_create_model),
+        Kind(AddStarterSpec, run_add_starter),
+        Kind(ImportModelSpec, run_import_model),
+        Kind(ImportDatasetSpec, run_import_dataset),
+        Kind(SFTSpec, run_sft),
+        Kind(MergeAdapterSpec, run_merge_adapter),
+        Kind(EvalPerplexitySpec, run_eval_perplexity),
+        Kind(EvalGenerationSpec, run_eval_generation),
+        Kind(EvalJudgeSpec, run_eval_judge),
+        Kind(EvalLmEvalSpec, run_eval_lm_eval),
+    )
+}
+
+
+def spec_class(kind: str) -> type[Spec]:
+    if not kind:
+        raise SpecError("kind", f"say which job this is: kind: one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise SpecError("kind", f"unknown job kind {kind!r}: one of {', '.join(KINDS)}")
+    return KINDS[kind].spec
+
+
+def spec_from_dict(data: dict[str, Any]) -> Spec:
+    """A spec from spec.json, a YAML file or the jobs table; `kind` selects the class."""
+    data = dict(data)
+    return spec_class(data.pop("kind", None))(**data)
+
+
+def training_kinds() -> list[str]:
+    return [kind for kind, k in KINDS.items() if k.spec.trains]

@@ -1,0 +1,1 @@
+"""Models: the registry, and the jobs that make one (from scratch, the starter, an import)."""

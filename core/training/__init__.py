@@ -1,0 +1,1 @@
+"""Training jobs (one file a kind: sft; the alignment kinds land beside it) and what they share."""
