@@ -51,8 +51,10 @@ with add:
         default_name = files.SAMPLE_FILES.get(path.name, (path.stem, None))[0]
         with st.form("import_dataset"):
             name = st.text_input("Name", value=default_name, key=f"data_name_{path.name}")
-            drop = st.checkbox("Drop the bad rows (otherwise the file is refused)", key="data_drop", disabled=not norm.problems)
-            val = st.slider("Validation share", 0.0, 0.5, 0.1, 0.05, key="data_val")
+            drop = forms.field(ImportDatasetSpec, "drop_bad_rows", "Drop the bad rows (otherwise the file is refused)", key="data_drop", disabled=not norm.problems)
+            low, high = ImportDatasetSpec.bounds("validation_fraction")
+            val = st.slider("Validation share", float(low), float(high), ImportDatasetSpec.default("validation_fraction"), 0.05, key="data_val",
+                            help=ImportDatasetSpec.doc("validation_fraction"))
             if st.form_submit_button("Import", type="primary"):
                 forms.submit(lambda: ImportDatasetSpec(path=str(path), name=name, format=norm.format, drop_bad_rows=drop, validation_fraction=val))
 
