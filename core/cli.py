@@ -126,7 +126,7 @@ def submit_spec(spec: Spec, wait: bool = False, as_json: bool = False) -> int:
 # --- commands derived from the specs ------------------------------------------------------
 
 # argparse values that are not spec fields
-_NOT_FIELDS = {"func", "spec_cls", "wait", "json", "noun", "verb", "what", "default_kind"}
+_NOT_FIELDS = {"func", "spec_cls", "wait", "json", "noun", "verb", "default_kind"}
 
 
 def _field_help(cls: type[Spec], name: str) -> str:

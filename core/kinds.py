@@ -64,5 +64,8 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
     return spec_class(data.pop("kind", None))(**data)
 
 
-def training_kinds() -> list[str]:
-    return [kind for kind, k in KINDS.items() if k.spec.trains]
+def traits(kind: str) -> type[Spec]:
+    """What a job of this kind is, to read its traits (`.trains`, `.busy`, ...). A
+    kind this version lacks (a database shared with another version) reads as the
+    base Spec: it trains not, takes a slot, and is "in use"."""
+    return KINDS[kind].spec if kind in KINDS else Spec

@@ -39,7 +39,9 @@ from typing import Annotated, Any, ClassVar, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}$")
-OUTPUTS = ("model", "dataset", "evaluation", "export", "service", "")
+# What a job makes ("": nothing registered, e.g. a probe)
+Output = Literal["model", "dataset", "evaluation", "export", "service", ""]
+OUTPUTS = typing.get_args(Output)
 
 
 class SpecError(ValueError):
@@ -97,7 +99,7 @@ class Spec(BaseModel):
     command: ClassVar[tuple[str, ...]] = ()
     positional: ClassVar[tuple[str, ...]] = ()
     flags: ClassVar[dict[str, str]] = {}
-    output: ClassVar[Literal["model", "dataset", "evaluation", "export", "service", ""]] = ""
+    output: ClassVar[Output] = ""
     output_field: ClassVar[str] = ""
     trains: ClassVar[bool] = False
     service: ClassVar[bool] = False
@@ -236,6 +238,7 @@ class Spec(BaseModel):
 
     @classmethod
     def short_name(cls) -> str:
+        """The kind's short name ("perplexity", "lm-eval"): its command's last word."""
         return cls.command[-1] if cls.command else cls.kind
 
 

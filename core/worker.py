@@ -116,10 +116,10 @@ def _claim(job_id: int) -> bool:
 def _processes(job) -> int:
     """How many training processes a job gets (DDP when more than one): what a
     training spec asks for, else one per GPU."""
-    from core.kinds import KINDS
+    from core.kinds import traits
 
-    if job.kind not in KINDS or not KINDS[job.kind].spec.trains:
-        return 1  # an unknown kind fails in the job process, saying so
+    if not traits(job.kind).trains:
+        return 1  # (an unknown kind fails in the job process, saying so)
     asked = int((job.spec or {}).get("processes") or 0)
     if asked:
         return asked

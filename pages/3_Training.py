@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.jobs import lifecycle as jobs
-from core.kinds import training_kinds
+from core.kinds import traits
 from ui import common, forms, training
 
 common.setup_page("Training", "model_training")
@@ -19,7 +19,7 @@ with new:
         forms.submit(lambda: spec)
 
 with runs:
-    sft_jobs = [j for j in jobs.list_jobs() if j.kind in training_kinds()]
+    sft_jobs = [j for j in jobs.list_jobs() if traits(j.kind).trains]
     if not sft_jobs:
         st.info("No training runs yet.")
     else:

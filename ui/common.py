@@ -18,7 +18,7 @@ from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.models import starter
 from core.format import human_bytes, human_count, human_seconds
-from core.kinds import training_kinds
+from core.kinds import traits
 from storage.db import database_url, get_engine
 
 STATUS_ICONS = {
@@ -167,7 +167,7 @@ def job_details(job) -> None:
     st.caption("Replay from a terminal:")
     st.code(jobs.cli_command(job), language="bash")
     series = jobs.metrics_with_history(job.id)
-    if series and job.kind in training_kinds():
+    if series and traits(job.kind).trains:
         st.plotly_chart(charts.training_figure(series), key=f"metrics_{job.id}")
     elif series:
         st.plotly_chart(charts.metrics_figure(series), key=f"metrics_{job.id}")

@@ -19,7 +19,7 @@ from core.evaluation.judge import EvalJudgeSpec
 from core.evaluation.lm_eval import EvalLmEvalSpec
 from core.evaluation.perplexity import EvalPerplexitySpec
 from core.jobs import lifecycle as jobs
-from core.kinds import spec_class, training_kinds
+from core.kinds import traits
 from core.models import registry as models
 from core.spec import SpecError
 from ui import forms
@@ -175,7 +175,7 @@ def over_steps_panel() -> None:
 
 def compare_runs_panel() -> None:
     """Training curves of several runs on one chart, and how their specs differ."""
-    runs = [j for j in jobs.list_jobs(limit=500) if j.kind in training_kinds()]
+    runs = [j for j in jobs.list_jobs(limit=500) if traits(j.kind).trains]
     if len(runs) < 1:
         st.info("No training runs yet (Training page).")
         return
@@ -189,7 +189,7 @@ def compare_runs_panel() -> None:
     names = sorted({n for s in series.values() for n in s}, key=lambda n: (n != "train_loss", n))
     if names:
         metric = st.selectbox("Metric", names, key="cmp_metric")
-        overlay = {f"#{i} {by_id[i].spec.get(spec_class(by_id[i].kind).output_field, '')}": series[i].get(metric, []) for i in chosen}
+        overlay = {f"#{i} {by_id[i].spec.get(traits(by_id[i].kind).output_field, '')}": series[i].get(metric, []) for i in chosen}
         st.plotly_chart(charts.runs_overlay_figure(overlay, metric), key="cmp_chart")
     diff = evals.spec_diff([by_id[i] for i in chosen])
     if len(chosen) > 1:

@@ -35,9 +35,9 @@ def eval_kinds() -> list[str]:
 
 def kind_label(kind: str) -> str:
     """A kind's short name: "perplexity", "lm-eval"."""
-    from core.kinds import KINDS
+    from core.kinds import traits
 
-    return KINDS[kind].spec.short_name() if kind in KINDS else kind
+    return traits(kind).short_name() or kind
 
 
 def eval_jobs(status: Optional[str] = "succeeded", limit: int = 500) -> list[Job]:

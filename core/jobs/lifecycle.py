@@ -100,9 +100,9 @@ def submit(spec: Any, *, start: bool = True) -> int:
 
 def _takes_slot(kind: str) -> bool:
     """Services (a server) run until stopped: they take no job slot."""
-    from core.kinds import KINDS
+    from core.kinds import traits
 
-    return kind not in KINDS or not KINDS[kind].spec.service
+    return not traits(kind).service
 
 
 def _claim_next() -> Optional[int]:

@@ -132,15 +132,14 @@ def active_jobs_using(model_id: int) -> list[Job]:
 def display_status(row: Model, active: Optional[list[Job]] = None) -> str:
     """What a user reads: available, creating, training (a model a training job
     is making), error, or the `busy` label of an active job that reads it."""
-    from core.kinds import KINDS
+    from core.kinds import traits
 
     using = [j for j in (active if active is not None else active_jobs_using(row.id)) if row.id in (j.model_ids or [])]
-    specs = [KINDS[j.kind].spec if j.kind in KINDS else None for j in using]  # None: a kind this version lacks
     if row.status == "creating":
-        return "training" if any(s is not None and s.trains for s in specs) else "creating"
+        return "training" if any(traits(j.kind).trains for j in using) else "creating"
     if row.status != "available" or not using:
         return row.status
-    return specs[0].busy if specs[0] is not None else "in use"
+    return traits(using[0].kind).busy
 
 
 def model_dict(row: Model, active: Optional[list[Job]] = None) -> dict[str, Any]:

@@ -199,10 +199,10 @@ def write_run_record(run: Run, spec: TrainSpec, trainer, base, data_row) -> None
 def resume(job_id: int) -> int:
     """Start a new job that continues a paused, cancelled or failed training run
     from its latest checkpoint (optimizer and scheduler state included)."""
-    from core.kinds import spec_class, spec_from_dict
+    from core.kinds import spec_from_dict, traits
 
     old = jobs.get(job_id)
-    if not spec_class(old.kind).trains:
+    if not traits(old.kind).trains:
         raise BadInput(f"job {job_id} is a {old.kind} job; only training jobs resume")
     if old.status not in ("cancelled", "failed"):
         raise BadInput(f"job {job_id} is {old.status}; only a paused, cancelled or failed run resumes")
