@@ -457,7 +457,7 @@ def jobs_cancel(args) -> int:
     if args.wait:
         job = jobs.wait(args.id)
         print(f"job {args.id} {job.status}")
-        return 0 if job.status in ("cancelled", "succeeded", "failed") else 1
+        return 0 if job.status in jobs.TERMINAL else 1
     return 0
 
 
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     j = verbs["jobs"]
     c = j.add_parser("list")
-    c.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    c.add_argument("--status", choices=[*jobs.ACTIVE, *jobs.TERMINAL])
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=jobs_list)
     c = j.add_parser("show")

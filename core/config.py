@@ -2,10 +2,12 @@
 
 LLMDEV_HOME                  data home (default ./workspace)
 DATABASE_URL                 PostgreSQL instead of SQLite under the data home
-LLMDEV_MAX_CONCURRENT_JOBS   jobs running at once (default 1)
+LLMDEV_MAX_CONCURRENT_JOBS   heavy jobs (training, evaluations) running at once (default 1)
+LLMDEV_MAX_LIGHT_JOBS        light jobs (imports, tiny models) running beside them (default 1)
 LLMDEV_CANCEL_GRACE_S        seconds a cancelled job gets before SIGKILL (default 20)
 LLMDEV_PAUSE_GRACE_S         seconds a paused job gets to write its checkpoint (default 300)
 LLMDEV_AUTO_STARTER          convert the starter model on first launch (default 1)
+LLMDEV_JOB_THREADS           torch threads per job (default 0: chosen from the free cores, core/threads.py)
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ SECRET_KEYS = (
     "LLMDEV_HOME",
     "DATABASE_URL",
     "LLMDEV_MAX_CONCURRENT_JOBS",
+    "LLMDEV_MAX_LIGHT_JOBS",
     "LLMDEV_CANCEL_GRACE_S",
     "LLMDEV_PAUSE_GRACE_S",
     "LLMDEV_AUTO_STARTER",
+    "LLMDEV_JOB_THREADS",
 )
 
 
@@ -49,6 +53,12 @@ def max_concurrent_jobs() -> int:
     return int(_number("LLMDEV_MAX_CONCURRENT_JOBS", 1, 1))
 
 
+def max_light_jobs() -> int:
+    """Light jobs (imports, tiny models, short evaluations) running at once beside
+    the heavy ones; 0 puts them in the heavy jobs' queue."""
+    return int(_number("LLMDEV_MAX_LIGHT_JOBS", 1, 0))
+
+
 def cancel_grace_s() -> float:
     return _number("LLMDEV_CANCEL_GRACE_S", 20.0, 0)
 
@@ -61,7 +71,11 @@ def pause_grace_s() -> float:
 def check() -> None:
     """Raise ValueError naming the variable if a setting is unusable."""
     max_concurrent_jobs()
+    max_light_jobs()
     cancel_grace_s()
+    from core.threads import setting
+
+    setting()
 
 
 def auto_starter() -> bool:

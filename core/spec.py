@@ -36,7 +36,7 @@ import shlex
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}$")
 # What a job makes ("": nothing registered, e.g. a probe)
@@ -103,6 +103,9 @@ class Spec(BaseModel):
     output_field: ClassVar[str] = ""
     trains: ClassVar[bool] = False
     service: ClassVar[bool] = False
+    # short and small (an import, a tiny model): its own lane beside a training
+    # run instead of the queue behind it (is_light() may look at the fields)
+    light: ClassVar[bool] = False
     busy: ClassVar[str] = "in use"
     input_models: ClassVar[tuple[str, ...]] = ()
     input_datasets: ClassVar[tuple[str, ...]] = ()
@@ -111,7 +114,14 @@ class Spec(BaseModel):
     # an environment variable to read it from, in YAML and on the CLI
     secrets: ClassVar[tuple[str, ...]] = ()
     # fields a base class shares that read best last (a training run's seed and bookkeeping)
-    trailing_fields: ClassVar[tuple[str, ...]] = ()
+    trailing_fields: ClassVar[tuple[str, ...]] = ("threads",)
+
+    threads: int = Field(0, ge=0)
+    """torch threads for this job (0: chosen from the free cores and what else runs)."""
+
+    def is_light(self) -> bool:
+        """Whether this job runs in the light lane (see `light`)."""
+        return self.light
 
     def __init__(self, **data: Any):
         try:

@@ -49,6 +49,30 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 # --- the job process ------------------------------------------------------------------
 
 
+def _set_threads(job_id: int, spec, record: bool = False):
+    """torch's threads for this job (core/threads.py), set before torch loads and
+    then kept fitting while it runs (a Tuner the Run calls between steps); the
+    choice goes into the run's environment.json."""
+    from core import threads
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    choice = threads.for_job(job_id, spec.threads, processes=processes, light=spec.is_light())
+    threads.apply(choice.torch)
+    print(f"torch threads: {choice.torch} ({choice.reason})", flush=True)
+    if record:
+        _record_threads(job_id, choice.as_dict())
+    jobs_sharing = (1 + choice.others.get("jobs", 0)) * processes
+    return threads.Tuner(choice, jobs=jobs_sharing, log=lambda line: print(line, flush=True))
+
+
+def _record_threads(job_id: int, facts: dict) -> None:
+    from core.jobs import lifecycle as jobs
+
+    path = jobs.run_dir(job_id) / "environment.json"
+    env = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(dict(env, threads=dict(env.get("threads") or {}, **facts)), indent=2) + "\n")
+
+
 def run_job(job_id: int) -> int:
     """Load the spec, run the job function, record the end. SIGTERM = graceful stop."""
     stop = threading.Event()
@@ -61,27 +85,33 @@ def run_job(job_id: int) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         # another DDP rank: it trains; rank 0 reports and records the end
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
+        tuner = _set_threads(job_id, spec)
         try:
-            KINDS[spec.kind].run(spec, Run(job_id, stop))
+            KINDS[spec.kind].run(spec, Run(job_id, stop, tuner))
         except Cancelled:
             pass
         return 0
 
     status, error_class, error, result = "failed", "crashed", "", None
+    tuner = None
     try:
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
+        tuner = _set_threads(job_id, spec, record=True)
         runner = KINDS[spec.kind].run
-        run = Run(job_id, stop)
+        run = Run(job_id, stop, tuner)
         run.check_cancel()
         result = runner(spec, run) or {}
         status, error_class, error = "succeeded", None, None
     except Cancelled as exc:
-        status, error_class, error, result = "cancelled", None, exc.message, exc.result
+        paused = bool((exc.result or {}).get("paused"))
+        status, error_class, error, result = "paused" if paused else "cancelled", None, exc.message, exc.result
         print(f"{exc.message}: stopped cleanly", flush=True)
     except BaseException as exc:
         traceback.print_exc()
         sys.stderr.flush()
         error_class, error = _classify(exc)
+    if tuner is not None and tuner.changes:
+        _record_threads(job_id, {"changes": tuner.changes})
     jobs.finish(job_id, status, error_class=error_class, error=error, result=result)
     print(f"job {job_id} {status}" + (f": {error}" if error and status == "failed" else ""), flush=True)
     return 0 if status == "succeeded" else 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -310,6 +311,12 @@ def test_eval_command_prints_the_result_as_json(setup, cli):
     assert json.loads(listed.stdout)[0]["job"] == data["job_id"]
     shown = cli("eval", "samples", str(data["job_id"]))
     assert "reference:" in shown.stdout
+    # the spec-file command the Jobs page shows runs as shown
+    command = shlex.split(jobs.spec_file_command(jobs.get(data["job_id"])))
+    assert command[:3] == ["python", "-m", "core"]
+    again = cli(*command[3:], "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["metrics"] == data["metrics"]
     bad = cli("eval", "perplexity", "--model", "tiny", "--dataset", "nope")
     assert bad.returncode == 2 and "dataset: there is no data set 'nope'" in bad.stderr
     no_key = cli("eval", "judge", "--model", "tiny", "--dataset", "facts", "--judge-url", "http://127.0.0.1:9/v1",
@@ -337,3 +344,17 @@ def test_an_evaluation_can_be_cancelled(setup):
     jobs.cancel(job_id)
     job = jobs.wait(job_id, timeout_s=60)
     assert job.status == "cancelled" and evals.samples(job_id) == []
+
+
+def test_a_generating_batch_reports_each_token_and_each_finished_answer(setup):
+    from core.evaluation.generation import EvalGenerationSpec, generate_batch
+
+    model, tokenizer = generate.load(setup)
+    spec = EvalGenerationSpec(model="tiny", dataset="facts", max_new_tokens=12, temperature=0)
+    seen: list[tuple[int, int]] = []
+    answers, _ = generate_batch(model, tokenizer, [q for q, _ in FACTS[:3]], spec, True, lambda done, n: seen.append((done, n)))
+    assert len(answers) == 3
+    assert [n for _, n in seen] == list(range(1, len(seen) + 1))  # once per generated token
+    assert 1 <= len(seen) <= 12
+    finished = [done for done, _ in seen]
+    assert finished == sorted(finished) and all(0 <= d <= 3 for d in finished)

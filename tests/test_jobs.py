@@ -261,3 +261,45 @@ def test_a_second_worker_for_a_running_job_refuses(home):
     )
     assert again.returncode == 1 and "not starting it" in again.stderr
     assert jobs.wait(job_id, timeout_s=120).status == "succeeded"
+
+
+def test_a_light_job_runs_beside_a_training_run_and_a_heavy_one_says_why_it_waits(home, monkeypatch, tmp_path):
+    from core.data.importer import ImportDatasetSpec
+    from core.evaluation.perplexity import EvalPerplexitySpec
+    from core.training.sft import SFTSpec
+
+    monkeypatch.setenv("LLMDEV_MAX_CONCURRENT_JOBS", "1")
+    assert jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(12)))
+    assert jobs.wait(jobs.submit(ImportDatasetSpec(path=str(rows), name="rows")), timeout_s=120).status == "succeeded"
+
+    train = jobs.submit(SFTSpec(model="base", dataset="rows", output_name="long", method="lora", max_steps=3000, save_steps=1000, eval_steps=0))
+    wait_for(lambda: jobs.get(train).progress_step >= 1, 120, what="the training run to take steps")
+    heavy = jobs.submit(EvalPerplexitySpec(model="base", dataset="rows", max_samples=0))
+    assert jobs.lane(jobs.get(heavy)) == "heavy" and jobs.get(heavy).status == "queued"
+    waiting = jobs.progress(jobs.get(heavy)).message
+    assert waiting.startswith("queued: 1st in line, waiting for #%d SFT lora" % train), waiting
+    assert "(1 heavy job at a time: LLMDEV_MAX_CONCURRENT_JOBS)" in waiting
+
+    # an import is light: it starts at once in its own lane and ends while the training runs
+    imported = jobs.submit(ImportDatasetSpec(path=str(rows), name="more"))
+    assert jobs.lane(jobs.get(imported)) == "light"
+    done = jobs.wait(imported, timeout_s=120)
+    assert done.status == "succeeded", done.log_tail
+    assert jobs.get(train).status == "running" and jobs.get(heavy).status == "queued"
+
+    jobs.cancel(heavy)
+    jobs.cancel(train)
+    assert jobs.wait(train, timeout_s=120).status == "cancelled"
+
+
+def test_lanes_of_the_kinds():
+    from core.evaluation.perplexity import EvalPerplexitySpec
+
+    assert CreateModelSpec(name="a", size="tiny").is_light() and CreateModelSpec(name="a", size="small").is_light()
+    assert not CreateModelSpec(name="a", size="custom", n_layer=24, hidden_size=2048, n_head=16, context_length=2048, vocab_size=32000).is_light()
+    assert ImportModelSpec(source="gpt2", name="a").is_light() and AddStarterSpec().is_light()
+    assert EvalPerplexitySpec(model="m", dataset="d", max_samples=20).is_light()
+    assert not EvalPerplexitySpec(model="m", dataset="d", max_samples=20, checkpoints=True).is_light()
+    assert not EvalPerplexitySpec(model="m", dataset="d", max_samples=0).is_light()

@@ -118,7 +118,7 @@ def test_pause_then_resume_continues_the_curve(tiny, monkeypatch):
     wait_for(lambda: jobs.get(job_id).progress_step >= 20, 120, what="training to get going")
     assert jobs.cancel(job_id, mode="pause") == "stopping"
     paused = jobs.wait(job_id, timeout_s=120)
-    assert paused.status == "cancelled" and paused.error.startswith("paused at step")
+    assert paused.status == "paused" and paused.error.startswith("paused at step")
     step = paused.result["step"]
     assert paused.result["checkpoint"].endswith(f"checkpoint-{step}")
     assert models.list_models()[-1].name == "base"  # the unfinished output is not registered
@@ -223,7 +223,7 @@ def test_ddp_run_pauses_on_all_ranks_and_resumes(tiny):
     wait_for(lambda: jobs.get(job_id).progress_step >= 10, 180, what="DDP training to get going")
     assert jobs.cancel(job_id, mode="pause") == "stopping"
     paused = jobs.wait(job_id, timeout_s=120)
-    assert paused.status == "cancelled" and paused.error.startswith("paused at step"), paused.log_tail
+    assert paused.status == "paused" and paused.error.startswith("paused at step"), paused.log_tail
     from core.training.common import resume
 
     new_id = resume(job_id)

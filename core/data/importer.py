@@ -29,6 +29,7 @@ class ImportDatasetSpec(Spec):
     """Import a JSONL, JSON, CSV or Parquet file as a validated data set."""
 
     kind: ClassVar[str] = "import_dataset"
+    light: ClassVar[bool] = True
     command: ClassVar[tuple[str, ...]] = ("data", "import")
     positional: ClassVar[tuple[str, ...]] = ("path",)
     flags: ClassVar[dict[str, str]] = {"mapping": "map"}
@@ -94,7 +95,7 @@ class ImportDatasetSpec(Spec):
 def bad_rows(spec: ImportDatasetSpec, norm: files.Normalized) -> str:
     return (
         f"{len(norm.problems)} bad row(s) in {Path(spec.path).name}; nothing imported: fix the file, or import "
-        f"the good rows (--drop-bad-rows; on the page: \"Drop the bad rows\"):\n{norm.report()}"
+        f"the good rows (--drop-bad-rows):\n{norm.report()}"
     )
 
 

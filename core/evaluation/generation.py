@@ -6,7 +6,7 @@ BLEU, chrF, ROUGE-1/2/L, exact match and contains-answer.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 from pydantic import Field
 
@@ -85,9 +85,29 @@ def prompt_room(model, spec) -> Optional[int]:
     return room
 
 
-def generate_batch(model, tokenizer, texts: list[str], spec, special: bool) -> tuple[list[str], int]:
+def _ticker(prompt_length: int, eos: list[int], on_token: Callable[[int, int], None]):
+    """A stopping criterion that stops nothing: after each new token it reports
+    (answers of the batch finished, tokens so far), so a batch shows progress
+    (and a cancel lands) while it generates."""
+    import torch
+    from transformers import StoppingCriteria
+
+    eos_ids = torch.tensor(eos or [-1])
+
+    class Ticker(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, prompt_length:]
+            on_token(int(torch.isin(new, eos_ids.to(new.device)).any(dim=1).sum()), new.shape[1])
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return Ticker()
+
+
+def generate_batch(model, tokenizer, texts: list[str], spec, special: bool,
+                   on_token: Optional[Callable[[int, int], None]] = None) -> tuple[list[str], int]:
     """Answers to a batch of prompts (left-padded), special tokens removed, and how
-    many prompts were cut from the left to fit the context with the answer."""
+    many prompts were cut from the left to fit the context with the answer.
+    `on_token(finished, tokens)` is called after every generated token."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -110,6 +130,12 @@ def generate_batch(model, tokenizer, texts: list[str], spec, special: bool) -> t
         kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if on_token is not None:
+        from transformers import StoppingCriteriaList
+
+        eos = model.generation_config.eos_token_id
+        eos = [e for e in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] if e is not None]
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_ticker(enc["input_ids"].shape[1], eos, on_token)])
     with torch.no_grad():
         out = model.generate(**enc, **kwargs)
     answers = [tokenizer.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
@@ -125,7 +151,12 @@ def answers(model, tokenizer, prompts, spec, tick, counts: dict[str, int]) -> It
     counts.setdefault("truncated_prompts", 0)
     for start in range(0, len(prompts), spec.batch_size):
         batch = prompts[start : start + spec.batch_size]
-        outputs, truncated = generate_batch(model, tokenizer, [p[2] for p in batch], spec, batch[0][4])
+
+        def on_token(finished: int, tokens: int, start: int = start, size: int = len(batch)) -> None:
+            tick(start + finished, f"answers {start + 1}-{start + size} of {len(prompts)}: "
+                                   f"{finished} finished, token {tokens} of at most {spec.max_new_tokens}")
+
+        outputs, truncated = generate_batch(model, tokenizer, [p[2] for p in batch], spec, batch[0][4], on_token)
         counts["truncated_prompts"] += truncated
         yield from zip(batch, outputs)
         tick(start + len(batch), f"answer {start + len(batch)} of {len(prompts)}")

@@ -19,6 +19,8 @@ from core.models import registry as models
 from core.spec import SpecError
 
 MAX_WINDOW = 1024
+LIGHT_SAMPLES = 50
+"""A perplexity evaluation of up to this many rows runs in the light lane."""
 
 
 class EvalPerplexitySpec(EvalOnDataSpec):
@@ -53,6 +55,10 @@ class EvalPerplexitySpec(EvalOnDataSpec):
         why = stride_problem(self, context)
         if why:
             raise SpecError("stride", why)
+
+    def is_light(self) -> bool:
+        """A few rows, no checkpoints: seconds (a forward pass per window, no generation)."""
+        return 0 < self.max_samples <= LIGHT_SAMPLES and not self.checkpoints
 
     def title(self) -> str:
         return f"Perplexity of '{self.model}' on '{self.dataset}'" + (" (checkpoints)" if self.checkpoints else "")

@@ -1,10 +1,14 @@
 """The job lifecycle: submit, queue, launch, watch, cancel, detect lost workers.
 
-    queued -> running -> succeeded | failed | cancelled
+    queued -> running -> succeeded | failed | cancelled | paused
+
+(paused: a training run stopped with a checkpoint, to be resumed)
 
 `submit(spec)` checks the spec's inputs, reserves its outputs, writes the row and
-runs/<id>/spec.json, and starts a worker (`python -m core.worker <id>`) if fewer
-than max_concurrent_jobs run (a service, which runs until stopped, takes no slot). A
+runs/<id>/spec.json, and starts a worker (`python -m core.worker <id>`) if its
+lane has room: heavy jobs (training, evaluations) max_concurrent_jobs at a time,
+light ones (imports, tiny models, short evaluations) their own slot beside them,
+a service (runs until stopped) none. A
 finishing worker starts the next queued job, so the queue drains with no daemon
 and no browser. Whoever looks (`refresh()`: the UI, the CLI, a worker) marks a
 running job whose worker is gone (core/jobs/liveness.py) as failed/lost and
@@ -38,7 +42,9 @@ from storage.db import data_home, database_url, session, write_lock
 from storage.tables import Event, Job, Metric, utcnow
 
 ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled", "paused")
+STOPPED = ("cancelled", "paused")
+"""Ended because someone asked: not an error."""
 ERROR_CLASSES = ("bad_input", "out_of_memory", "crashed", "lost")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL_LINES = 40
@@ -98,26 +104,53 @@ def submit(spec: Any, *, start: bool = True) -> int:
     return job_id
 
 
-def _takes_slot(kind: str) -> bool:
-    """Services (a server) run until stopped: they take no job slot."""
-    from core.kinds import traits
+_lanes: dict[int, str] = {}
 
-    return not traits(kind).service
+
+def lane(job: Job) -> str:
+    """Which line a job waits in: "service" (runs until stopped: no slot),
+    "light" (an import, a tiny model, a short evaluation: its own slots beside
+    the heavy ones) or "heavy" (max_concurrent_jobs at a time)."""
+    if job.id not in _lanes:
+        from core.kinds import spec_from_dict, traits
+
+        if traits(job.kind).service:
+            found = "service"
+        else:
+            try:
+                found = "light" if spec_from_dict(job.spec).is_light() else "heavy"
+            except Exception:  # a kind or spec this version reads differently: the safe lane
+                found = "heavy"
+        _lanes[job.id] = found
+    found = _lanes[job.id]
+    return "heavy" if found == "light" and config.max_light_jobs() == 0 else found
+
+
+def lane_limit(name: str) -> tuple[int, str]:
+    """(jobs of this lane that run at once, the setting that says so)."""
+    if name == "light":
+        return config.max_light_jobs(), "LLMDEV_MAX_LIGHT_JOBS"
+    return config.max_concurrent_jobs(), "LLMDEV_MAX_CONCURRENT_JOBS"
+
+
+def _fits(job: Job, running: list[Job]) -> bool:
+    name = lane(job)
+    if name == "service":
+        return True
+    return sum(lane(r) == name for r in running) < lane_limit(name)[0]
 
 
 def _claim_next() -> Optional[int]:
-    """Mark the oldest queued job running if a slot is free (a service needs
-    none); return its id."""
+    """Mark the oldest queued job that fits its lane running; return its id."""
     with session() as s:
         # the common case, every second from every open tab: nothing queued, no lock
         if s.scalars(select(Job.id).where(Job.status == "queued").limit(1)).first() is None:
             return None
     with session() as s:
         write_lock(s)
-        running = sum(_takes_slot(k) for k in s.scalars(select(Job.kind).where(Job.status == "running")))
-        free = running < config.max_concurrent_jobs()
+        running = list(s.scalars(select(Job).where(Job.status == "running")))
         queued = s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id)).all()
-        job = next((j for j in queued if free or not _takes_slot(j.kind)), None)
+        job = next((j for j in queued if _fits(j, running)), None)
         if job is None:
             return None
         now = utcnow()
@@ -286,6 +319,8 @@ def finish(
     values: dict[str, Any] = dict(status=status, finished_at=utcnow(), log_tail=read_log_tail(job_id))
     if status == "succeeded":
         values.update(progress_step=func.coalesce(Job.progress_total, Job.progress_step), progress_message="done")
+    elif status in STOPPED:
+        values.update(error_class=None, error=error, progress_message=status)
     else:
         values.update(error_class=error_class, error=error)
     if result is not None:
@@ -300,7 +335,7 @@ def finish(
         job = s.get(Job, job_id)
         models.settle_outputs(s, job)
         datasets.settle_outputs(s, job)
-        what = {"succeeded": "succeeded", "cancelled": "was cancelled"}.get(
+        what = {"succeeded": "succeeded", "cancelled": "was cancelled", "paused": "was paused"}.get(
             status, f"failed ({error_class})"
         )
         s.add(Event(message=f"Job {job_id} {what}: {job.title}", job_id=job_id))
@@ -361,6 +396,14 @@ def metrics(job_id: int) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
+def metrics_signature(job_id: int) -> tuple[int, int]:
+    """(points, newest point id) of a job's metrics: changes exactly when a point
+    is added, so a chart is rebuilt only then."""
+    with session() as s:
+        count, newest = s.execute(select(func.count(Metric.id), func.max(Metric.id)).where(Metric.job_id == job_id)).one()
+    return int(count), int(newest or 0)
+
+
 def metrics_with_history(job_id: int) -> dict[str, list[tuple[int, float]]]:
     """A job's metrics preceded by those of the runs it resumed, up to where it
     took over: the loss curve continues across a pause."""
@@ -399,13 +442,38 @@ def progress(job: Job, now: Optional[datetime] = None) -> Progress:
     total = job.progress_total
     fraction = None
     eta = None
+    message = waiting_for(job) if job.status == "queued" else job.progress_message
     if job.status == "succeeded":
         fraction = 1.0
     elif total:
         fraction = min(1.0, job.progress_step / total)
-        if job.status == "running" and job.progress_step > 0 and elapsed:
+        # past the last step the job is finishing (its message names the phase): no ETA of 0 s
+        if job.status == "running" and 0 < job.progress_step < total and elapsed:
             eta = elapsed / job.progress_step * (total - job.progress_step)
-    return Progress(job.progress_step, total, fraction, job.progress_message, elapsed, eta)
+    return Progress(job.progress_step, total, fraction, message, elapsed, eta)
+
+
+def waiting_for(job: Job) -> str:
+    """Why a queued job has not started, in words: its place in its lane and what
+    holds the lane."""
+    name = lane(job)
+    if name == "service":
+        return "queued: starting"
+    with session() as s:
+        running = [r for r in s.scalars(select(Job).where(Job.status == "running")) if lane(r) == name]
+        ahead = [q for q in s.scalars(select(Job).where(Job.status == "queued", Job.id < job.id)) if lane(q) == name]
+    limit, setting = lane_limit(name)
+    if len(running) < limit and not ahead:
+        return "queued: starting"
+    place = len(ahead) + 1
+    text = f"queued: {place}{_SUFFIX.get(place if place < 20 else place % 10, 'th')} in line"
+    if running:
+        holders = ", ".join(f"#{r.id} {r.title}" for r in running[:2]) + (" …" if len(running) > 2 else "")
+        text += f", waiting for {holders} to finish"
+    return text + f" ({limit} {name} job{'s' if limit != 1 else ''} at a time: {setting})"
+
+
+_SUFFIX = {1: "st", 2: "nd", 3: "rd"}
 
 
 def cli_command(job: Job) -> str:
@@ -416,6 +484,16 @@ def cli_command(job: Job) -> str:
         return spec_from_dict(job.spec).replay()
     except ValueError:  # a spec no longer valid (its input file is gone): the job itself
         return f"python -m core.worker {job.id}"
+
+
+def spec_file_command(job: Job) -> str:
+    """The command that runs this job's spec file from its run folder as it is
+    (spec.yaml where the job wrote one, else spec.json, which YAML reads too)."""
+    import shlex
+
+    folder = run_dir(job.id)
+    path = folder / "spec.yaml" if (folder / "spec.yaml").exists() else folder / "spec.json"
+    return f"python -m core run {shlex.quote(str(path))} --wait"
 
 
 def job_dict(job: Job) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class BadInput(ValueError):
 class Run:
     """What a job function gets besides its spec: its folder and its reporting."""
 
-    def __init__(self, job_id: int, stop: threading.Event):
+    def __init__(self, job_id: int, stop: threading.Event, tuner: Any = None):
         import os
 
         from core.jobs import lifecycle as jobs
@@ -46,6 +46,8 @@ class Run:
         self.model_ids: list[int] = list(job.model_ids or [])
         self.dataset_ids: list[int] = list(job.dataset_ids or [])
         self._last_progress = 0.0
+        self.tuner = tuner
+        """core.threads.Tuner: keeps torch's threads fitting the machine between steps."""
 
     @property
     def output_model_id(self) -> int:
@@ -79,6 +81,8 @@ class Run:
         from storage.db import session
         from storage.tables import Job, utcnow
 
+        if self.tuner is not None:
+            self.tuner.tick()  # every rank: each has its own threads
         if not self.is_main:
             return
         now = time.monotonic()

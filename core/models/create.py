@@ -37,6 +37,8 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
     # tens of millions of parameters (~25M for gpt2, ~28M for llama)
     "small": dict(n_layer=6, hidden_size=512, n_head=8, context_length=512, vocab_size=8192),
 }
+LIGHT_PARAMETERS = 30_000_000
+"""Scratch models up to this many parameters (about) run in the light lane."""
 DIMS = ("n_layer", "hidden_size", "n_head", "context_length", "vocab_size")
 
 
@@ -110,6 +112,11 @@ class CreateModelSpec(Spec):
 
     def model_source(self) -> tuple[str, str]:
         return "scratch", f"{self.arch}/{self.size}"
+
+    def is_light(self) -> bool:
+        """Up to a few tens of millions of parameters ('small'): built in seconds."""
+        d = self.dims()
+        return 12 * d["n_layer"] * d["hidden_size"] ** 2 + d["vocab_size"] * d["hidden_size"] <= LIGHT_PARAMETERS
 
     def title(self) -> str:
         return f"Create {self.arch} ({self.size}) model '{self.name}'"

@@ -66,10 +66,10 @@ def link_job(s: Session, model_ids: list[int], job_id: int) -> None:
 
 def settle_outputs(s: Session, job: Job) -> None:
     """After a job ends: its unfinished output models become errors (failed, lost)
-    or disappear (cancelled); partial folders are removed either way."""
+    or disappear (cancelled, paused); partial folders are removed either way."""
     for row in s.scalars(select(Model).where(Model.job_id == job.id, Model.status == "creating")):
         shutil.rmtree(partial_dir(row.id), ignore_errors=True)
-        if job.status == "cancelled":
+        if job.status in ("cancelled", "paused"):
             shutil.rmtree(model_dir(row.id), ignore_errors=True)
             s.delete(row)
         elif job.status == "succeeded":  # the job forgot to publish it: say so

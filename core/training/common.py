@@ -44,7 +44,7 @@ class TrainSpec(Spec):
     output: ClassVar[str] = "model"
     output_field: ClassVar[str] = "output_name"
     busy: ClassVar[str] = "training"
-    trailing_fields: ClassVar[tuple[str, ...]] = ("seed", "resume_from_job", "processes")
+    trailing_fields: ClassVar[tuple[str, ...]] = ("seed", "resume_from_job", "processes", "threads")
 
     seed: int = Field(0, ge=0)
     """Seed for data order, dropout and adapter init."""
@@ -80,7 +80,13 @@ def make_callback(run: Run):
             run.progress(state.global_step, state.max_steps, "training", force=True)
 
         def on_step_end(self, args, state, control, **kw):
-            run.progress(state.global_step, state.max_steps, f"step {state.global_step} of {state.max_steps}")
+            # after the last step the trainer still evaluates and writes a checkpoint: say so
+            if state.global_step >= state.max_steps:
+                what = [w for w, due in (("evaluation", control.should_evaluate), ("checkpoint", control.should_save)) if due]
+                message = f"training done: final {' and '.join(what)}" if what else "training done"
+                run.progress(state.global_step, state.max_steps, message, force=True)
+            else:
+                run.progress(state.global_step, state.max_steps, f"step {state.global_step} of {state.max_steps}")
             mode = _agreed_stop(run.stop_requested() if run.is_main or run.stop.is_set() else None, run.world_size)
             if mode and self.stopped_at is None:
                 self.stopped_at = state.global_step
@@ -173,6 +179,8 @@ def last_logged(history: list[dict], key: str) -> Optional[float]:
 
 def write_run_record(run: Run, spec: TrainSpec, trainer, base, data_row) -> None:
     """Everything needed to reproduce the run, next to its log."""
+    import torch
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -181,9 +189,13 @@ def write_run_record(run: Run, spec: TrainSpec, trainer, base, data_row) -> None
             pass
     (run.dir / "training_args.json").write_text(trainer.args.to_json_string())
     (run.dir / "spec.yaml").write_text(spec.to_yaml())
-    (run.dir / "environment.json").write_text(
+    path = run.dir / "environment.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}  # the worker's thread choice
+    path.write_text(
         json.dumps(
             {
+                **earlier,
+                "torch_threads_in_use": torch.get_num_threads(),
                 "packages": versions,
                 "python": platform.python_version(),
                 "seed": spec.seed,
@@ -204,7 +216,7 @@ def resume(job_id: int) -> int:
     old = jobs.get(job_id)
     if not traits(old.kind).trains:
         raise BadInput(f"job {job_id} is a {old.kind} job; only training jobs resume")
-    if old.status not in ("cancelled", "failed"):
+    if old.status not in ("paused", "cancelled", "failed"):
         raise BadInput(f"job {job_id} is {old.status}; only a paused, cancelled or failed run resumes")
     checkpoint_of(job_id)
     data = dict(old.spec, resume_from_job=job_id)

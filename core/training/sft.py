@@ -294,6 +294,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         probe = trainer.model(input_ids=torch.tensor(PROBE, device=trainer.model.device)).logits[0, -1, :16]
     (run.dir / "probe.json").write_text(json.dumps({"input_ids": PROBE, "logits": probe.float().cpu().tolist()}))
     if spec.method == "full":
+        run.progress(trainer.state.global_step, trainer.state.max_steps, "checking the saved model: loading it and answering a test question", force=True)
         facts = describe(out_dir, sanity=True)
         facts["source"] = "trained"
     else:
@@ -309,6 +310,7 @@ def run_sft(spec: SFTSpec, run: Run) -> dict[str, Any]:
         final_eval_loss=last_logged(trainer.state.log_history, "eval_loss"),
         spec=spec.to_dict(),
     )
+    run.progress(trainer.state.global_step, trainer.state.max_steps, "registering the model", force=True)
     (out_dir / "README.md").write_text(model_card(spec, base, data_row, facts, run.job_id))
     models.publish(out_id, facts)
     return {
