@@ -11,7 +11,7 @@ st.caption("Jobs run in their own processes: closing this tab or restarting the 
 common.live_jobs_panel("jobs")
 
 status = st.segmented_control(
-    "Show", ["all", "running", "queued", "succeeded", "failed", "cancelled"], default="all", key="jobs_filter"
+    "Show", ["all", *jobs.ACTIVE, *jobs.TERMINAL], default="all", key="jobs_filter"
 )
 rows = jobs.list_jobs(status=None if status in (None, "all") else status)
 if not rows:
@@ -21,11 +21,15 @@ by_id = {j.id: j for j in rows}
 chosen = st.selectbox("Job", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="job_pick")
 
 
-@st.fragment(run_every=1.0 if any(j.status in jobs.ACTIVE for j in rows) else None)
-def table_and_details() -> None:
-    """Live while any listed job is active; the rest of the page stays put."""
-    common.jobs_table(jobs.list_jobs(status=None if status in (None, "all") else status), key="jobs_table")
+# the table is redrawn when a job starts or ends (the live panel above reruns the
+# page then; it shows the running jobs' progress every second)
+common.jobs_table(rows, key="jobs_table")
+
+
+@st.fragment(run_every=1.0 if jobs.get(chosen).status in jobs.ACTIVE else None)
+def details() -> None:
+    """Live while the chosen job is active; its chart is rebuilt only on new points."""
     common.job_details(jobs.get(chosen))
 
 
-table_and_details()
+details()

@@ -154,6 +154,9 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
         page.get_by_role("button", name="Import", exact=True).click()
         expect(page.get_by_text("Started job 2")).to_be_visible()
         assert jobs.wait(2, timeout_s=120).status == "succeeded"
+        # the list follows the job's end by itself (the live panel reruns the page)
+        page.get_by_role("tab", name="Your data sets").click()
+        expect(page.get_by_text("sample-instructions").first).to_be_visible(timeout=10_000)
 
         page.get_by_test_id("stSidebar").get_by_role("link", name="Training", exact=True).click()
         expect(page.get_by_role("heading", name="Fine-tuning")).to_be_visible()
@@ -161,9 +164,10 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
         page.locator(".st-key-sft_steps_quick input").press("Enter")
         page.get_by_role("button", name="Start training").click()
         expect(page.get_by_text("Started job 3")).to_be_visible()
-        page.get_by_role("tab", name="Runs").click()
+        # the page follows: the Runs tab opens on the run just started
+        expect(page.get_by_role("tab", name="Runs")).to_have_attribute("aria-selected", "true")
         # the loss chart fills in while the run goes, and the run ends well
-        expect(page.locator('[data-testid="stPlotlyChart"]:visible').first).to_be_visible()
+        expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()
         expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
         expect(page.get_by_test_id("stMetric").filter(has_text="Step").first).to_contain_text("40/40")
         page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)

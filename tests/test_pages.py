@@ -154,7 +154,11 @@ def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
     assert problems[0].to_dict("records") == [{"line": 2, "problem": "field 'text' is empty"}]
 
 
-def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path):
+def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path, monkeypatch):
+    import threading
+
+    from core.jobs.run import Run
+
     from core.data.importer import ImportDatasetSpec
 
     jobs.wait(jobs.submit(CreateModelSpec(name="tiny", size="tiny")), timeout_s=120)
@@ -170,11 +174,109 @@ def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path):
     app.text_input(key="sft_output_tiny_lora_d").input("from-page").run()
     app.button(key="sft_start").click().run()
     no_exceptions(app)
-    assert any("Started job" in s.value for s in app.success)
-    job = jobs.wait(jobs.list_jobs()[0].id, timeout_s=180)
+    started = jobs.list_jobs()[0].id
+    assert any(f"Started job {started}" in s.value for s in app.success)
+    # the page follows: the Runs tab, on the run just started
+    assert app.session_state["train_tab"] == "Runs" and app.selectbox(key="train_pick").value == started
+    job = jobs.wait(started, timeout_s=180)
     assert job.status == "succeeded" and job.spec["max_steps"] == 8, job.log_tail
+    # the run panel builds its figure again only when a new metric point arrived
+    from core import charts
+
+    builds = []
+    for name in ("training_figure", "loss_chart"):  # the live loss chart and the other panels
+        real = getattr(charts, name)
+        monkeypatch.setattr(charts, name, lambda *a, _real=real, **kw: builds.append(1) or _real(*a, **kw))
     app.run()
     no_exceptions(app)
-    spec = json.loads(app.get("plotly_chart")[0].proto.spec)
-    assert any(trace["name"] == "train_loss" for trace in spec["data"])
+    # the job has ended: its banner and command block are gone, a toast said how it ended
+    assert not any("Started job" in s.value for s in app.success)
+    assert any(f"Job {started} succeeded" in t.value for t in app.toast)
+    built = len(builds)
+    assert built == 2  # the loss chart and the other panels
+    app.run()
+    assert len(builds) == built  # a second rerun, no new point: nothing built
+    Run(started, threading.Event()).metrics(9, {"train_loss": 0.5})  # a point, written as a worker writes it
+    app.run()
+    assert len(builds) == 2 * built
+    loss = app.get("arrow_vega_lite_chart")[0].proto
+    assert json.loads(loss.spec)["title"] == "Loss"
+    import pyarrow as pa
+
+    raw = loss.data.data or loss.datasets[0].data.data
+    points = pa.ipc.open_stream(raw).read_all().to_pandas()
+    assert set(points["metric"]) == {"train_loss"} and 9 in points["step"].tolist()  # the new point is drawn
+    panels = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert any(trace["name"] == "grad_norm" for trace in panels["data"])
     assert any(b.label == "Merge the adapter into a full model" for b in app.button)
+    # a name already taken: refused at the top of the page and in a toast, nothing written
+    app.session_state["train_tab"] = "New run"
+    app.run()
+    app.text_input(key="sft_output_tiny_lora_d").input("from-page").run()
+    app.button(key="sft_start").click().run()
+    refused = [e.value for e in app.error if e.value.startswith("Not started")]
+    assert refused and "output_name" in refused[0] and "from-page" in refused[0]
+    assert any(t.value.startswith("Not started") for t in app.toast)
+    assert len(jobs.list_jobs()) == 3
+
+
+def test_hidden_tab_panel_does_not_run(app):
+    jobs.wait(jobs.submit(CreateModelSpec(name="tiny", size="tiny")), timeout_s=120)
+    app.run()
+    app.switch_page("pages/3_Training.py").run()
+    no_exceptions(app)
+    assert app.session_state["train_tab"] == "New run"
+    assert not [m for m in app.metric if m.label == "Step"]  # the Runs tab's panel did not run
+
+
+def test_a_queued_job_says_what_it_waits_for(app, monkeypatch):
+    monkeypatch.setenv("LLMDEV_MAX_LIGHT_JOBS", "0")  # every job in one lane, one at a time
+    first = jobs.submit(CreateModelSpec(name="one", size="tiny"))
+    second = jobs.submit(CreateModelSpec(name="two", size="tiny"))
+    assert jobs.get(second).status == "queued"
+    app.run()
+    texts = [p.proto.text for p in app.get("progress")]
+    assert any(f"#{second}" in t and f"queued: 1st in line, waiting for #{first}" in t for t in texts), texts
+    jobs.wait(second, timeout_s=180)
+
+
+def test_page_messages_name_the_pages_controls_not_cli_flags(app, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": ""}\n')
+    app.run()
+    app.switch_page("pages/2_Datasets.py").run()
+    app.radio(key="data_source").set_value("Path on this machine").run()
+    app.text_input(key="data_path").input(str(bad)).run()
+    app.button[[b.label for b in app.button].index("Import")].click().run()
+    refused = [e.value for e in app.error if e.value.startswith("Not started")]
+    assert refused and "--drop-bad-rows" not in refused[0]
+    assert 'the "Drop the bad rows (otherwise the file is refused)" control' in refused[0]
+    assert jobs.list_jobs() == []
+
+
+def test_resume_on_the_training_page_shows_the_resumed_run(app, tmp_path):
+    from conftest import wait_for
+    from core.data.importer import ImportDatasetSpec
+    from core.training.sft import SFTSpec
+
+    jobs.wait(jobs.submit(CreateModelSpec(name="tiny", size="tiny")), timeout_s=120)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(20)))
+    jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="d")), timeout_s=120)
+    first = jobs.submit(SFTSpec(model="tiny", dataset="d", output_name="long", method="lora", max_steps=3000, save_steps=1000, eval_steps=0))
+    wait_for(lambda: jobs.get(first).progress_step >= 2, 120, what="the run to take steps")
+    assert jobs.cancel(first, mode="pause") == "stopping"
+    paused = jobs.wait(first, timeout_s=120)
+    assert paused.status == "paused", paused.log_tail
+    app.session_state["train_tab"] = "Runs"
+    app.run()
+    app.switch_page("pages/3_Training.py").run()
+    no_exceptions(app)
+    assert {m.label: m.value for m in app.metric}["Status"] == "paused"
+    app.button(key=f"resume_{first}").click().run()
+    no_exceptions(app)
+    resumed = jobs.list_jobs()[0]
+    assert resumed.resumed_from == first
+    assert app.selectbox(key="train_pick").value == resumed.id  # the page shows the new run, not the paused one
+    jobs.cancel(resumed.id)
+    jobs.wait(resumed.id, timeout_s=120)

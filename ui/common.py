@@ -6,8 +6,9 @@ Only Home.py and pages/ import this; it calls core and renders what comes back.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 import streamlit as st
@@ -20,6 +21,7 @@ from core.models import starter
 from core.format import human_bytes, human_count, human_seconds
 from core.kinds import traits
 from storage.db import database_url, get_engine
+from ui import forms
 
 STATUS_ICONS = {
     "queued": ":material/schedule:",
@@ -27,6 +29,7 @@ STATUS_ICONS = {
     "succeeded": ":material/check_circle:",
     "failed": ":material/error:",
     "cancelled": ":material/cancel:",
+    "paused": ":material/pause_circle:",
 }
 
 
@@ -85,8 +88,8 @@ def progress_line(job) -> None:
     """One job's progress bar with step, ETA and what it is doing."""
     p = jobs.progress(job)
     eta = f" · ETA {human_seconds(p.eta_s)}" if p.eta_s is not None else ""
-    steps = f"{p.step}/{p.total}" if p.total else f"{p.step}"
-    text = f"{STATUS_ICONS.get(job.status, '')} **{job_label(job)}** · {steps}{eta} · {p.message}"
+    steps = f"{p.step}/{p.total} · " if p.total else (f"{p.step} · " if p.step else "")
+    text = f"{STATUS_ICONS.get(job.status, '')} **{job_label(job)}** · {steps if job.status != 'queued' else ''}{p.message}{eta}"
     st.progress(p.fraction or 0.0, text=text)
 
 
@@ -116,6 +119,23 @@ def live_jobs_panel(key: str = "live") -> None:
             progress_line(job)
 
     panel()
+
+
+def live_figure(job_id: int, key: str, build: Callable[[dict], Any], every_s: float = 0.0) -> tuple[dict, Any]:
+    """(metric series, figure) of a job for a panel that refreshes every second:
+    both are rebuilt only when a new metric point arrived (core.jobs.lifecycle.
+    metrics_signature), and while the job runs at most once per `every_s`;
+    otherwise the figure built last time is sent again (the browser redraws a
+    changed chart from scratch: that, not the server, is what a live chart costs)."""
+    signature = jobs.metrics_signature(job_id)
+    kept = st.session_state.get(f"_figure_{key}")
+    now = time.monotonic()
+    due = kept is None or (kept[0] != signature and (now - kept[3] >= every_s or jobs.get(job_id).status not in jobs.ACTIVE))
+    if due:
+        series = jobs.metrics_with_history(job_id)
+        kept = (signature, series, build(series) if series else None, now)
+        st.session_state[f"_figure_{key}"] = kept
+    return kept[1], kept[2]
 
 
 def jobs_frame(rows) -> pd.DataFrame:
@@ -161,16 +181,18 @@ def job_details(job) -> None:
     cols[3].metric("Worker", f"pid {job.pid}" if job.pid else "-")
     progress_line(job)
     if job.status == "failed":
-        st.error(f"**{job.error_class}**: {job.error}")
-    elif job.status == "cancelled":
-        st.warning(job.error or "cancelled")
-    st.caption("Replay from a terminal:")
+        st.error(f"**{job.error_class}**: {forms.page_words(job.error)}")
+    elif job.status in jobs.STOPPED:
+        st.warning(job.error or job.status)
+    st.caption("Replay from a terminal, or run its spec file:")
     st.code(jobs.cli_command(job), language="bash")
-    series = jobs.metrics_with_history(job.id)
-    if series and traits(job.kind).trains:
-        st.plotly_chart(charts.training_figure(series), key=f"metrics_{job.id}")
-    elif series:
-        st.plotly_chart(charts.metrics_figure(series), key=f"metrics_{job.id}")
+    st.code(jobs.spec_file_command(job), language="bash")
+    build = charts.training_figure if traits(job.kind).trains else charts.metrics_figure
+    # all panels in one figure: redrawn at most every 10 s while the job runs (the
+    # Training page follows the loss step by step)
+    _, figure = live_figure(job.id, f"metrics_{job.id}", build, every_s=10.0)
+    if figure is not None:
+        st.plotly_chart(figure, key=f"metrics_{job.id}")
     if job.status in jobs.ACTIVE:
         again = job.cancel_requested_at is not None
         st.button(
@@ -216,9 +238,9 @@ def counts_row() -> None:
     cols[1].metric("Data sets", datasets.count())
     for col, status in zip(cols[2:], ("running", "queued", "succeeded", "failed")):
         col.metric(f"Jobs {status}", by_status.get(status, 0))
-    other = by_status.get("cancelled", 0)
+    other = [f"{by_status[s]} {s}" for s in jobs.STOPPED if by_status.get(s)]
     if other:
-        st.caption(f"{other} cancelled job(s)")
+        st.caption(f"Jobs stopped on request: {', '.join(other)}")
 
 
 def model_choice(rows: list[dict], key: str) -> Optional[dict]:

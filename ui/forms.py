@@ -26,6 +26,7 @@ def field(spec: type[Spec], name: str, label: str, *, key: str, where: Any = st,
     (unless the page gives one, e.g. from a preset) and its doc as the help."""
     value = spec.default(name) if default is _SPEC_DEFAULT else default
     kind, choices, (low, high) = spec.base_type(name), spec.choices(name), spec.bounds(name)
+    _labels()[spec.flag(name)] = label  # messages naming the CLI flag name this control instead
     widget.setdefault("help", spec.doc(name))
     if choices:
         options = list(choices)
@@ -44,38 +45,92 @@ def field(spec: type[Spec], name: str, label: str, *, key: str, where: Any = st,
     return where.text_input(label, value="" if value is None else str(value), key=key, **widget)
 
 
-def submit(make_spec: Callable[[], Any]) -> None:
-    """Build the spec (validation errors are shown, nothing is written) and queue it."""
+def _labels() -> dict[str, str]:
+    """CLI flag -> the label of the control that sets it, for the controls seen so far."""
+    return st.session_state.setdefault("_control_labels", {})
+
+
+# Commands that messages suggest, and where a page user finds the same
+PAGE_PLACES = {
+    r"\(python -m core models merge [^)]*\)": "(the Training page: the run's 'Merge the adapter into a full model' button)",
+}
+
+
+def page_words(message: str) -> str:
+    """A message written for the command line, told in the page's words: each
+    `--flag` of a control this session has shown becomes the control's label."""
+    import re
+
+    for pattern, place in PAGE_PLACES.items():
+        message = re.sub(pattern, place, message)
+    labels = _labels()
+
+    def control(m: re.Match) -> str:
+        flag = m.group(1)
+        return f"the \"{labels[flag]}\" control" if flag in labels else m.group(0)
+
+    return re.sub(r"(?<![\w-])--(?:no-)?([a-z][a-z0-9-]*)", control, message)
+
+
+def submit(make_spec: Callable[[], Any], on_started: Callable[[int], None] | None = None) -> None:
+    """Build the spec and queue it. A refusal (validation, a name taken) writes
+    nothing and is shown at the top of the page and as a toast, not below the
+    button where it is easy to miss; `on_started(job_id)` lets the page follow."""
     try:
         spec = make_spec()
         job_id = jobs.submit(spec)
     except (SpecError, ValueError) as exc:
-        st.error(f"Not started: {exc}")
-        return
+        _refused(f"Not started: {page_words(str(exc))}")
     except SQLAlchemyError as exc:
-        st.error(f"Not started: the database refused it ({type(exc).__name__}); please try again.")
-        return
+        _refused(f"Not started: the database refused it ({type(exc).__name__}); please try again.")
     # kept in the session and shown at the top: the live panel reruns the page
     # as soon as the job starts, which would wipe a message shown only here
+    st.session_state.pop("submit_refused", None)
     st.session_state["last_submitted"] = {
         "job_id": job_id,
         "title": spec.title(),
         "cli": spec.replay() + " --wait",
         "yaml": spec.to_yaml(),
     }
+    if on_started is not None:
+        on_started(job_id)
+    st.rerun()
+
+
+def _refused(message: str) -> None:
+    st.session_state["submit_refused"] = message
+    st.session_state.pop("last_submitted", None)
     st.rerun()
 
 
 def last_submitted() -> None:
-    """The confirmation of the latest submission, with its command line."""
+    """At the top of a page: a refused submission, or the latest job started
+    here with its command line while it runs; when it has ended, a toast says
+    how, and the banner goes."""
+    refused = st.session_state.pop("submit_refused", None)
+    if refused:
+        st.error(refused, icon=":material/block:")
+        st.toast(refused[:200], icon=":material/block:")
     done = st.session_state.get("last_submitted")
     if not done:
         return
+    try:
+        job = jobs.get(done["job_id"])
+    except jobs.JobNotFound:
+        job = None
+    if job is None or job.status not in jobs.ACTIVE:
+        st.session_state.pop("last_submitted")
+        if job is not None:
+            st.toast(f"Job {job.id} {job.status}: {job.title}", icon=STATUS_TOAST.get(job.status))
+        return
     st.success(f"Started job {done['job_id']}: {done['title']}. Follow it above or on the **Jobs** page.")
-    st.caption("The same from a terminal:")
-    st.code(done["cli"], language="bash")
-    with st.expander("Or as a spec file (`python -m core run spec.yaml`)"):
+    with st.expander("The same from a terminal"):
+        st.code(done["cli"], language="bash")
+        st.caption("Or save this as `run.yaml` and run `python -m core run run.yaml --wait`:")
         st.code(done["yaml"], language="yaml")
+
+
+STATUS_TOAST = {"succeeded": ":material/check_circle:", "failed": ":material/error:", "paused": ":material/pause_circle:"}
 
 
 def dims_inputs(spec: type[Spec]) -> dict[str, Any]:

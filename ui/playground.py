@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 
 import streamlit as st
 
+from core import threads
 from core.format import human_bytes, human_seconds
 from core.inference import generate
 from core.inference.cache import GiB, ModelCache, default_budget
@@ -27,6 +28,9 @@ from core.models import registry as models
 from storage.db import data_home, database_url
 
 CURSOR = " ▌"
+UPDATE_S = 0.08
+"""A growing reply is sent to the page at most this often (not once per token:
+each update re-sends the reply so far and the browser re-renders it)."""
 
 
 # --- the model cache ------------------------------------------------------------
@@ -150,7 +154,9 @@ class Reply:
 
 
 def _start(cache: ModelCache, r: Reply) -> Iterator[str]:
-    """Load (or reuse) the model and start streaming its reply."""
+    """Load (or reuse) the model and start streaming its reply, with the threads
+    that fit beside the running jobs and the browser (core/threads.py)."""
+    threads.apply(threads.for_app().torch)
     if not cache.is_loaded(r.row):
         r.slot.markdown(f"_Loading {r.row.name}…_")
     model, tokenizer = cache.get(r.row)
@@ -175,6 +181,7 @@ def stream_replies(cache: ModelCache, replies: list[Reply]) -> None:
                 live[i] = stack.enter_context(closing(_start(cache, r)))
             except Exception as exc:  # cannot load: said in the reply
                 _finish(r.msg, exc)
+        shown = {i: 0.0 for i in live}  # when each slot was last sent to the page
         while live:
             for i in list(live):
                 r = replies[i]
@@ -190,7 +197,10 @@ def stream_replies(cache: ModelCache, replies: list[Reply]) -> None:
                     continue
                 r.msg["content"] += piece
                 _update(r.msg)
-                r.slot.markdown(r.msg["content"] + CURSOR)
+                now = time.monotonic()
+                if now - shown[i] >= UPDATE_S:
+                    shown[i] = now
+                    r.slot.markdown(r.msg["content"] + CURSOR)
     st.rerun()
 
 

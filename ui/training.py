@@ -14,7 +14,7 @@ from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.spec import SpecError
 from core.training.sft import PRESETS, SFTSpec
-from ui import forms
+from ui import common, forms
 
 PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
 
@@ -84,9 +84,38 @@ def spec_form() -> Optional[SFTSpec]:
         return None
     with st.expander("Copy to reproduce: the command, or the spec file", expanded=False):
         st.code(spec.replay() + " --wait", language="bash")
+        st.caption("Or save this as `run.yaml` and run `python -m core run run.yaml --wait`:")
         st.code(spec.to_yaml(), language="yaml")
-        st.caption("saved as spec.yaml: `python -m core run spec.yaml --wait`")
     return spec
+
+
+def show_run(job_id: int) -> None:
+    """After Start or Resume: open the Runs tab on this run (at the next rerun,
+    before the tabs and the picker exist)."""
+    st.session_state["train_follow"] = job_id
+
+
+def follow() -> None:
+    job_id = st.session_state.pop("train_follow", None)
+    if job_id is not None:
+        st.session_state["train_tab"] = "Runs"
+        st.session_state["train_pick"] = job_id
+
+
+MORE_CHARTS_EVERY_S = 30.0
+"""While a run is live, the panels beyond the loss are redrawn at most this often."""
+
+
+def _resumed_at(job_id: int) -> list[int]:
+    """The steps where this run and the runs it continued were resumed."""
+    resumed_at = []
+    current = jobs.get(job_id)
+    while current.resumed_from:
+        first = jobs.metrics(current.id).get("train_loss")
+        if first:
+            resumed_at.append(first[0][0])
+        current = jobs.get(current.resumed_from)
+    return resumed_at
 
 
 def run_panel(job_id: int) -> None:
@@ -95,28 +124,33 @@ def run_panel(job_id: int) -> None:
 
     @st.fragment(run_every=1.0 if job.status in jobs.ACTIVE else None)
     def panel() -> None:
+        if "train_follow" in st.session_state:  # Resume (a button in here): the whole page follows
+            st.rerun()
         job = jobs.get(job_id)
         p = jobs.progress(job)
         cols = st.columns(5)
         cols[0].metric("Status", job.status)
-        cols[1].metric("Step", f"{p.step}/{p.total or '?'}")
+        cols[1].metric("Step", f"{p.step}/{p.total or '?'}" if job.status != "queued" else "queued")
         cols[2].metric("Elapsed", human_seconds(p.elapsed_s))
-        cols[3].metric("ETA", human_seconds(p.eta_s) if job.status == "running" else "-")
-        series = jobs.metrics_with_history(job_id)
+        cols[3].metric("ETA", human_seconds(p.eta_s) if p.eta_s is not None else "-")
+        # the loss follows every logged step (a Vega-Lite chart: the browser adds the
+        # new points); the Plotly panels, redrawn from scratch, every 30 s
+        series, loss = common.live_figure(job_id, f"train_loss_{job_id}", lambda s: charts.loss_chart(s, _resumed_at(job_id)))
         loss = series.get("train_loss") or []
         cols[4].metric("Train loss", f"{loss[-1][1]:.3f}" if loss else "-")
         st.progress(p.fraction or 0.0, text=p.message)
         if job.error:
-            (st.info if job.status == "cancelled" else st.error)(job.error)
-        resumed_at = []
-        current = job
-        while current.resumed_from:
-            first = jobs.metrics(current.id).get("train_loss")
-            if first:
-                resumed_at.append(first[0][0])
-            current = jobs.get(current.resumed_from)
-        if series:
-            st.plotly_chart(charts.training_figure(series, resumed_at), key=f"train_chart_{job_id}")
+            (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error))
+        if loss is not None:
+            st.vega_lite_chart(loss[0], loss[1], key=f"train_loss_{job_id}")
+            _, more = common.live_figure(
+                job_id, f"train_more_{job_id}", lambda s: charts.training_figure(s, _resumed_at(job_id), charts.TRAINING_PANELS[1:]),
+                every_s=MORE_CHARTS_EVERY_S,
+            )
+            if more is not None:
+                st.plotly_chart(more, key=f"train_more_{job_id}")
+                if job.status in jobs.ACTIVE:
+                    st.caption(f"Learning rate, gradient norm, speed, memory and accuracy are redrawn every {MORE_CHARTS_EVERY_S:.0f} s while the run is live.")
         else:
             st.caption("The charts fill in as soon as the first step is logged.")
         controls(job)
@@ -134,7 +168,7 @@ def controls(job) -> None:
     elif job.status in jobs.ACTIVE:
         c[0].caption(f"{'Pausing: writing a checkpoint' if job.stop_mode == 'pause' else 'Stopping'}…")
         c[1].button("Kill now", key=f"kill_{job.id}", on_click=_stop, args=(job.id, "cancel"), help="no checkpoint")
-    elif job.status in ("cancelled", "failed") and has_checkpoint(job.id):
+    elif job.status in ("paused", "cancelled", "failed") and has_checkpoint(job.id):
         c[0].button("Resume from the last checkpoint", key=f"resume_{job.id}", type="primary", on_click=_resume, args=(job.id,))
     out_id = (job.result or {}).get("model_id")
     if job.status == "succeeded" and out_id:
@@ -156,6 +190,6 @@ def _resume(job_id: int) -> None:
     try:
         new_id = resume(job_id)
         st.session_state["train_action"] = f"Resuming job {job_id} as job {new_id}"
-        st.session_state["train_pick"] = new_id
+        show_run(new_id)
     except (SpecError, ValueError) as exc:
         st.session_state["train_action"] = f"Cannot resume: {exc}"
