@@ -144,20 +144,22 @@ def for_app() -> Choice:
 
 class Tuner:
     """Keeps a running job's threads fitting what else runs: every `every_s` it
-    measures how much CPU the rest of the machine used (all busy time minus this
-    process's own) and, when that changed the right count for two checks in a
-    row, moves torch to it between steps. An app with no page open costs nothing
-    and leaves the job every core; a page or browser that keeps redrawing gets a
-    core to itself. A count set by the spec or LLMDEV_JOB_THREADS is kept."""
+    measures how much CPU the rest of the machine used on this process's cores
+    (their busy time minus this process's own: the app, a browser, other jobs)
+    and, when that changed the right count for two checks in a row, moves torch
+    to it between steps. An app with no page open costs nothing and leaves the
+    job every core; a busy neighbour gets the cores it uses. A count set by the
+    spec or LLMDEV_JOB_THREADS is kept, and so is a DDP rank's share (its
+    sibling ranks would read as neighbours)."""
 
     SLACK = 0.5
     """Cores' worth of other CPU use that is left to share: a page redrawing now
     and then (measured: 0.15-0.3 of a core with the Training page open) costs a
     job less than giving up one of two threads (0.75x the tokens/s here)."""
 
-    def __init__(self, choice: Choice, *, every_s: float = 5.0, jobs: int = 1, log=print):
-        self.choice, self.every_s, self.jobs, self.log = choice, every_s, max(1, jobs), log
-        self.fixed = choice.reason.startswith("set by") or choice.reason.startswith("a light job")
+    def __init__(self, choice: Choice, *, every_s: float = 5.0, processes: int = 1, log=print):
+        self.choice, self.every_s, self.log = choice, every_s, log
+        self.fixed = processes > 1 or choice.reason.startswith("set by") or choice.reason.startswith("a light job")
         self.current = choice.torch
         self.changes: list[dict[str, Any]] = []
         self._mark = self._sample()
@@ -165,8 +167,12 @@ class Tuner:
 
     @staticmethod
     def _sample() -> tuple[float, float, float]:
-        total = psutil.cpu_times()
-        busy = total.user + total.system + getattr(total, "nice", 0.0) + getattr(total, "irq", 0.0) + getattr(total, "softirq", 0.0)
+        per_cpu = psutil.cpu_times(percpu=True)
+        try:
+            mine = [per_cpu[i] for i in os.sched_getaffinity(0) if i < len(per_cpu)]
+        except (AttributeError, OSError):
+            mine = per_cpu
+        busy = sum(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) for t in mine)
         own = psutil.Process().cpu_times()
         return time.monotonic(), busy, own.user + own.system + own.children_user + own.children_system
 
@@ -189,9 +195,9 @@ class Tuner:
         if load is None:
             return
         cores = self.choice.cores
-        # whole cores the others need beyond a little slack; the rest is shared by the jobs
+        # whole cores the others use (other jobs included) beyond a little slack
         taken = 0 if load < self.SLACK else min(cores - 1, int(load - self.SLACK) + 1)
-        want = max(1, (cores - taken) // self.jobs)
+        want = max(1, cores - taken)
         if want == self.current:
             self._pending = None
             return

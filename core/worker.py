@@ -54,15 +54,16 @@ def _set_threads(job_id: int, spec, record: bool = False):
     then kept fitting while it runs (a Tuner the Run calls between steps); the
     choice goes into the run's environment.json."""
     from core import threads
+    from core.jobs import lifecycle as jobs
 
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    choice = threads.for_job(job_id, spec.threads, processes=processes, light=spec.is_light())
+    light = jobs.lane(jobs.get(job_id)) == "light"
+    choice = threads.for_job(job_id, spec.threads, processes=processes, light=light)
     threads.apply(choice.torch)
     print(f"torch threads: {choice.torch} ({choice.reason})", flush=True)
     if record:
         _record_threads(job_id, choice.as_dict())
-    jobs_sharing = (1 + choice.others.get("jobs", 0)) * processes
-    return threads.Tuner(choice, jobs=jobs_sharing, log=lambda line: print(line, flush=True))
+    return threads.Tuner(choice, processes=processes, log=lambda line: print(line, flush=True))
 
 
 def _record_threads(job_id: int, facts: dict) -> None:

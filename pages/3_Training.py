@@ -12,14 +12,14 @@ common.live_jobs_panel("training")
 forms.last_submitted()
 training.follow()  # a run just started or resumed: show it
 
-# lazy tabs: only the open one runs, so a live run panel on a hidden tab costs nothing
+# lazy tabs: the Runs tab runs only when open, so a live run panel on a hidden
+# tab costs nothing; the form always runs (a widget not drawn loses its value)
 new, runs = st.tabs(["New run", "Runs"], key="train_tab", on_change="rerun")
 
-if new.open:
-    with new:
-        spec = training.spec_form()
-        if spec is not None and st.button("Start training", type="primary", key="sft_start"):
-            forms.submit(lambda: spec, on_started=training.show_run)
+with new:
+    spec = training.spec_form()
+    if spec is not None and st.button("Start training", type="primary", key="sft_start"):
+        forms.submit(lambda: spec, on_started=training.show_run)
 
 if runs.open:
     with runs:

@@ -66,7 +66,8 @@ def test_the_choice_is_recorded_and_in_effect_in_the_job(tiny, monkeypatch):  # 
         env = json.loads((jobs.run_dir(job.id) / "environment.json").read_text())
         chosen = env["threads"]
         assert chosen["cores"] == threads.usable_cores() and chosen["reason"]
-        assert env["torch_threads_in_use"] == chosen["torch"]  # what torch ran with, not only what was asked
+        # what torch ran with, not only what was asked (or where the Tuner had moved it by then)
+        assert env["torch_threads_in_use"] in {chosen["torch"], *(c["to"] for c in chosen.get("changes", []))}
         if asked:
             assert chosen["torch"] == 1 and chosen["reason"] == "set by the spec (threads)"
         else:
@@ -75,7 +76,7 @@ def test_the_choice_is_recorded_and_in_effect_in_the_job(tiny, monkeypatch):  # 
         assert f"torch threads: {chosen['torch']}" in (jobs.run_dir(job.id) / "log.txt").read_text()
 
 
-def test_the_tuner_leaves_a_core_to_a_busy_neighbour_and_takes_it_back():
+def test_the_tuner_leaves_a_core_to_a_busy_neighbour_and_takes_it_back(monkeypatch):
     """A real busy process beside us: the tuner measures it and moves torch's threads."""
     import subprocess
     import sys
@@ -86,6 +87,8 @@ def test_the_tuner_leaves_a_core_to_a_busy_neighbour_and_takes_it_back():
     cores = threads.usable_cores()
     choice = threads.Choice(torch=cores, cores=cores, reason=f"{cores} cores")
     lines: list[str] = []
+    applied: list[int] = []
+    monkeypatch.setattr(threads, "apply", applied.append)  # this pytest process keeps its own threads
     tuner = threads.Tuner(choice, every_s=0.5, log=lines.append)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -96,18 +99,20 @@ def test_the_tuner_leaves_a_core_to_a_busy_neighbour_and_takes_it_back():
     finally:
         busy.kill()
         busy.wait()
-    assert tuner.current == cores - 1, lines
+    assert tuner.current < cores, lines  # at least the busy neighbour's core was left to it
     assert tuner.changes[0]["from"] == cores and tuner.changes[0]["others_load"] >= 0.5
+    assert applied == [tuner.current]
     deadline = time.monotonic() + 20
     while tuner.current != cores and time.monotonic() < deadline:
         time.sleep(0.1)
         tuner.tick()
     assert tuner.current == cores, lines  # the neighbour is gone: every core again
-    assert len(tuner.changes) == 2 and "torch threads:" in lines[0]
+    assert applied[-1] == cores and "torch threads:" in lines[0]
 
 
 def test_a_fixed_count_is_kept():
-    tuner = threads.Tuner(threads.Choice(torch=1, cores=2, reason="set by the spec (threads)"), every_s=0.0)
-    tuner.tick()
-    tuner.tick()
-    assert tuner.current == 1 and tuner.changes == []
+    for tuner in (threads.Tuner(threads.Choice(torch=1, cores=2, reason="set by the spec (threads)"), every_s=0.0),
+                  threads.Tuner(threads.Choice(torch=1, cores=2, reason="2 cores"), every_s=0.0, processes=2)):  # a DDP rank
+        tuner.tick()
+        tuner.tick()
+        assert tuner.current == 1 and tuner.changes == []

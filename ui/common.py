@@ -72,6 +72,7 @@ def setup_page(title: str, icon: str = "neurology") -> None:
     except Exception as exc:
         st.error(f"Cannot open the database at `{database_url()}`: {exc}")
         st.stop()
+    st.session_state["_control_labels"] = {}  # this page's controls (ui.forms.page_words)
     jobs.refresh()  # lost workers and finished queues show correctly from the first paint
     if "starter_checked" not in st.session_state:
         st.session_state.starter_checked = True
@@ -181,7 +182,7 @@ def job_details(job) -> None:
     cols[3].metric("Worker", f"pid {job.pid}" if job.pid else "-")
     progress_line(job)
     if job.status == "failed":
-        st.error(f"**{job.error_class}**: {forms.page_words(job.error)}")
+        st.error(f"**{job.error_class}**: {forms.page_words(job.error or '')}")
     elif job.status in jobs.STOPPED:
         st.warning(job.error or job.status)
     st.caption("Replay from a terminal, or run its spec file:")

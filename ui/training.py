@@ -135,14 +135,14 @@ def run_panel(job_id: int) -> None:
         cols[3].metric("ETA", human_seconds(p.eta_s) if p.eta_s is not None else "-")
         # the loss follows every logged step (a Vega-Lite chart: the browser adds the
         # new points); the Plotly panels, redrawn from scratch, every 30 s
-        series, loss = common.live_figure(job_id, f"train_loss_{job_id}", lambda s: charts.loss_chart(s, _resumed_at(job_id)))
+        series, chart = common.live_figure(job_id, f"train_loss_{job_id}", lambda s: charts.loss_chart(s, _resumed_at(job_id)))
         loss = series.get("train_loss") or []
         cols[4].metric("Train loss", f"{loss[-1][1]:.3f}" if loss else "-")
         st.progress(p.fraction or 0.0, text=p.message)
         if job.error:
-            (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error))
-        if loss is not None:
-            st.vega_lite_chart(loss[0], loss[1], key=f"train_loss_{job_id}")
+            (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error or ""))
+        if chart is not None:
+            st.vega_lite_chart(chart[0], chart[1], key=f"train_loss_{job_id}")
             _, more = common.live_figure(
                 job_id, f"train_more_{job_id}", lambda s: charts.training_figure(s, _resumed_at(job_id), charts.TRAINING_PANELS[1:]),
                 every_s=MORE_CHARTS_EVERY_S,

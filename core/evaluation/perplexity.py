@@ -20,7 +20,9 @@ from core.spec import SpecError
 
 MAX_WINDOW = 1024
 LIGHT_SAMPLES = 50
-"""A perplexity evaluation of up to this many rows runs in the light lane."""
+LIGHT_PARAMETERS = 200_000_000
+"""A perplexity evaluation of up to LIGHT_SAMPLES rows of a model up to this size
+(the starter is 135M) runs in the light lane."""
 
 
 class EvalPerplexitySpec(EvalOnDataSpec):
@@ -57,8 +59,18 @@ class EvalPerplexitySpec(EvalOnDataSpec):
             raise SpecError("stride", why)
 
     def is_light(self) -> bool:
-        """A few rows, no checkpoints: seconds (a forward pass per window, no generation)."""
-        return 0 < self.max_samples <= LIGHT_SAMPLES and not self.checkpoints
+        """A few rows of a small model, no checkpoints: seconds (a forward pass per
+        window, no generation)."""
+        if not 0 < self.max_samples <= LIGHT_SAMPLES or self.checkpoints:
+            return False
+        try:
+            row = models.find(self.model)
+        except models.ModelError:
+            return False
+        size = row.num_parameters or 0
+        if row.source == "adapter" and row.parent_id:
+            size = models.get(row.parent_id).num_parameters or 0
+        return 0 < size <= LIGHT_PARAMETERS
 
     def title(self) -> str:
         return f"Perplexity of '{self.model}' on '{self.dataset}'" + (" (checkpoints)" if self.checkpoints else "")

@@ -104,14 +104,16 @@ def submit(spec: Any, *, start: bool = True) -> int:
     return job_id
 
 
-_lanes: dict[int, str] = {}
+_lanes: dict[tuple, str] = {}
+"""Lanes already worked out, by (database, job id, creation time): a job's spec never changes."""
 
 
 def lane(job: Job) -> str:
     """Which line a job waits in: "service" (runs until stopped: no slot),
     "light" (an import, a tiny model, a short evaluation: its own slots beside
     the heavy ones) or "heavy" (max_concurrent_jobs at a time)."""
-    if job.id not in _lanes:
+    key = (database_url(), job.id, job.created_at)
+    if key not in _lanes:
         from core.kinds import spec_from_dict, traits
 
         if traits(job.kind).service:
@@ -121,8 +123,8 @@ def lane(job: Job) -> str:
                 found = "light" if spec_from_dict(job.spec).is_light() else "heavy"
             except Exception:  # a kind or spec this version reads differently: the safe lane
                 found = "heavy"
-        _lanes[job.id] = found
-    found = _lanes[job.id]
+        _lanes[key] = found
+    found = _lanes[key]
     return "heavy" if found == "light" and config.max_light_jobs() == 0 else found
 
 
@@ -466,7 +468,7 @@ def waiting_for(job: Job) -> str:
     if len(running) < limit and not ahead:
         return "queued: starting"
     place = len(ahead) + 1
-    text = f"queued: {place}{_SUFFIX.get(place if place < 20 else place % 10, 'th')} in line"
+    text = f"queued: {place}{'th' if place % 100 in (11, 12, 13) else _SUFFIX.get(place % 10, 'th')} in line"
     if running:
         holders = ", ".join(f"#{r.id} {r.title}" for r in running[:2]) + (" …" if len(running) > 2 else "")
         text += f", waiting for {holders} to finish"

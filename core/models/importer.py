@@ -34,7 +34,6 @@ class ImportModelSpec(Spec):
     """Import a local Hugging Face folder, a local .gguf file, or a Hub id."""
 
     kind: ClassVar[str] = "import_model"
-    light: ClassVar[bool] = True
     command: ClassVar[tuple[str, ...]] = ("models", "import")
     positional: ClassVar[tuple[str, ...]] = ("source",)
     output: ClassVar[str] = "model"
