@@ -106,7 +106,14 @@ def _refused(message: str) -> None:
 def last_submitted() -> None:
     """At the top of a page: a refused submission, or the latest job started
     here with its command line while it runs; when it has ended, a toast says
-    how, and the banner goes."""
+    how, and the banner goes. All in one container that is always there, so
+    the elements below (the page's tabs) keep their place and their state when
+    the banner comes or goes."""
+    with st.container():
+        _last_submitted()
+
+
+def _last_submitted() -> None:
     refused = st.session_state.pop("submit_refused", None)
     if refused:
         st.error(refused, icon=":material/block:")
