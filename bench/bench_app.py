@@ -145,8 +145,16 @@ def sft_job(steps: int, name: str, watch=None, app: subprocess.Popen | None = No
     env = json.loads((jobs.run_dir(job_id) / "environment.json").read_text())
     r = job.result
     return {"tokens_per_s": r["train_tokens"] / r["train_runtime_s"], "app_cpu": cpu["app"], "browser_cpu": cpu["browser"],
-            "threads": env.get("torch_threads_in_use"), "page_lag_steps": max(lags) if lags else None,
+            "threads": _threads_used(env), "page_lag_steps": max(lags) if lags else None,
             "job_id": job_id}
+
+
+def _threads_used(env: dict):
+    """torch threads at the start, and where the job moved them while it ran ("1 -> 2")."""
+    start = env.get("torch_threads_in_use")
+    if start is None:
+        return None
+    return " -> ".join(str(n) for n in [start] + [c["to"] for c in (env.get("threads") or {}).get("changes", [])])
 
 
 def watch_training(page, port: int):
@@ -258,6 +266,7 @@ def main() -> None:
     ap.add_argument("--label", default="", help="a word for the table heading (before, after)")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--one-thread", action="store_true", help="also the no-app run with threads=1 in the spec")
+    ap.add_argument("--quick", action="store_true", help="only no app and the page open; print, record nothing")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="llmdev-bench-app-"))
     os.environ.update(LLMDEV_HOME=str(home), LLMDEV_AUTO_STARTER="0", TOKENIZERS_PARALLELISM="false")
@@ -280,7 +289,8 @@ def main() -> None:
     port = free_port()
     app = start_app(port)
     try:
-        sft["app running, no page"] = sft_job(args.steps, "bench-app", app=app)
+        if not args.quick:
+            sft["app running, no page"] = sft_job(args.steps, "bench-app", app=app)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             browser_pid = next(c.pid for c in psutil.Process().children(recursive=True)
@@ -288,6 +298,8 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             sft["Training page open"] = sft_job(args.steps, "bench-page", watch_training(page, port), app, browser_pid)
             print(json.dumps(sft), flush=True)
+            if args.quick:
+                return
             alone = stream_alone(args.reps, args.tokens)
             in_page = stream_in_page(page, port, args.reps, args.tokens, app, browser_pid)
             browser.close()
