@@ -36,15 +36,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "assets" / "samples" / "instructions.jsonl"
+from common import ROOT, record, starter_home
 SECTION = "## With the app open (`bench/bench_app.py`)"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -243,17 +240,6 @@ def stream_in_page(page, port: int, reps: int, tokens: int, app: subprocess.Pope
 # --- main ------------------------------------------------------------------------------
 
 
-def record(text: str) -> None:
-    readme = ROOT / "bench" / "README.md"
-    content = readme.read_text()
-    if SECTION not in content:
-        raise SystemExit(f"bench/README.md has no section {SECTION!r}")
-    start = content.index(SECTION) + len(SECTION)
-    end = content.find("\n## ", start)
-    end = len(content) if end < 0 else end
-    readme.write_text(content[:end].rstrip("\n") + "\n" + text + "\n" + content[end:])
-
-
 def fmt(value, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -268,19 +254,9 @@ def main() -> None:
     ap.add_argument("--one-thread", action="store_true", help="also the no-app run with threads=1 in the spec")
     ap.add_argument("--quick", action="store_true", help="only no app and the page open; print, record nothing")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="llmdev-bench-app-"))
-    os.environ.update(LLMDEV_HOME=str(home), LLMDEV_AUTO_STARTER="0", TOKENIZERS_PARALLELISM="false")
-    os.environ.pop("DATABASE_URL", None)
-    sys.path.insert(0, str(ROOT))
+    starter_home("llmdev-bench-app-")
     from playwright.sync_api import sync_playwright
 
-    from core.data.importer import ImportDatasetSpec
-    from core.jobs import lifecycle as jobs
-    from core.models.starter import AddStarterSpec
-
-    for spec in (AddStarterSpec(name="starter"), ImportDatasetSpec(path=str(DATA), name="instructions")):
-        job = jobs.wait(jobs.submit(spec), timeout_s=1800)
-        assert job.status == "succeeded", job.log_tail
     default_threads = default_torch_threads()
 
     sft = {"no app": sft_job(args.steps, "bench-alone")}
@@ -332,7 +308,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_record:
-        record(text)
+        record(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, record
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 SECTION = "## Playground decode: generate.stream vs plain model.generate (`bench/bench_decode.py`)"
 
@@ -59,18 +59,6 @@ def timed_generate(model, tokenizer, text: str, max_new_tokens: int, eos: set[in
 
 def per_rep(rows: list[dict]) -> str:
     return ", ".join(f"{r['tokens'] / r['seconds']:.2f}" for r in rows)
-
-
-def record(text: str) -> None:
-    """Append the results at the end of this benchmark's section of bench/README.md."""
-    readme = ROOT / "bench" / "README.md"
-    content = readme.read_text()
-    if SECTION not in content:
-        raise SystemExit(f"bench/README.md has no section {SECTION!r}")
-    start = content.index(SECTION) + len(SECTION)
-    end = content.find("\n## ", start)
-    end = len(content) if end < 0 else end
-    readme.write_text(content[:end].rstrip("\n") + "\n" + text + "\n" + content[end:])
 
 
 def main() -> None:
@@ -125,7 +113,7 @@ def main() -> None:
     ]
     out = "\n".join(lines)
     print(out)
-    record(out)
+    record(SECTION, out)
 
 
 if __name__ == "__main__":

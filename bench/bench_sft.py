@@ -18,11 +18,9 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "assets" / "samples" / "instructions.jsonl"
+from common import DATA, ROOT, starter_home
 
 
 def platform_run(steps: int, packing: bool, name: str) -> dict:
@@ -49,18 +47,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="llmdev-bench-"))
-    os.environ.update(LLMDEV_HOME=str(home), LLMDEV_AUTO_STARTER="0", TOKENIZERS_PARALLELISM="false")
-    os.environ.pop("DATABASE_URL", None)
-    sys.path.insert(0, str(ROOT))
-    from core.data.importer import ImportDatasetSpec
-    from core.jobs import lifecycle as jobs
+    home = starter_home("llmdev-bench-")
     from core.models import registry as models
-    from core.models.starter import AddStarterSpec
 
-    for spec in (AddStarterSpec(name="starter"), ImportDatasetSpec(path=str(DATA), name="instructions")):
-        job = jobs.wait(jobs.submit(spec), timeout_s=1800)
-        assert job.status == "succeeded", job.log_tail
     model_dir = home / models.find("starter").path
 
     rows = []

@@ -36,6 +36,9 @@ class Choice:
     """Why this many, in words."""
     others: dict[str, Any] = field(default_factory=dict)
     """What else was running when it was chosen."""
+    tuned: bool = True
+    """Whether the Tuner may move it while the job runs (not a count that was set,
+    nor a light job's single thread)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +87,7 @@ def choose(cores: int, *, jobs: int = 1, interactive: bool = False) -> tuple[int
 
 def _asked(value: Optional[int], where: str) -> Optional[Choice]:
     if value:
-        return Choice(torch=int(value), cores=usable_cores(), reason=f"set by {where}")
+        return Choice(torch=int(value), cores=usable_cores(), reason=f"set by {where}", tuned=False)
     return None
 
 
@@ -125,7 +128,7 @@ def for_job(job_id: int, asked: Optional[int] = None, *, processes: int = 1, lig
     others = neighbours()
     others["jobs"] = _running_jobs(job_id)
     if light:  # short, mostly files: one thread leaves the running jobs alone
-        return Choice(1, cores, "a light job (an import, a tiny model): one thread", others)
+        return Choice(1, cores, "a light job (an import, a tiny model): one thread", others, tuned=False)
     # an app or browser that is merely there costs nothing: the Tuner measures what
     # they use once the job runs and leaves them a core when they need one
     n, why = choose(cores, jobs=(1 + others["jobs"]) * max(1, processes))
@@ -159,7 +162,7 @@ class Tuner:
 
     def __init__(self, choice: Choice, *, every_s: float = 5.0, processes: int = 1, log=print):
         self.choice, self.every_s, self.log = choice, every_s, log
-        self.fixed = processes > 1 or choice.reason.startswith("set by") or choice.reason.startswith("a light job")
+        self.fixed = processes > 1 or not choice.tuned
         self.current = choice.torch
         self.changes: list[dict[str, Any]] = []
         self._mark = self._sample()

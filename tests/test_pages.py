@@ -141,13 +141,18 @@ def test_datasets_page_checks_previews_and_imports_a_sample(app):
     assert app.get("plotly_chart")
 
 
-def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
+def _datasets_page_on_a_bad_file(app, tmp_path) -> None:
+    """The Datasets page, Import from a path, on a file whose line 2 is bad."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": ""}\n')
     app.run()
     app.switch_page("pages/2_Datasets.py").run()
     app.radio(key="data_source").set_value("Path on this machine").run()
     app.text_input(key="data_path").input(str(bad)).run()
+
+
+def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
+    _datasets_page_on_a_bad_file(app, tmp_path)
     no_exceptions(app)
     assert any("1 bad row(s); 1 good." in e.value for e in app.error)
     problems = [d.value for d in app.dataframe if "problem" in d.value.columns]
@@ -235,12 +240,7 @@ def test_a_queued_job_says_what_it_waits_for(app, monkeypatch):
 
 
 def test_page_messages_name_the_pages_controls_not_cli_flags(app, tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{"text": ""}\n')
-    app.run()
-    app.switch_page("pages/2_Datasets.py").run()
-    app.radio(key="data_source").set_value("Path on this machine").run()
-    app.text_input(key="data_path").input(str(bad)).run()
+    _datasets_page_on_a_bad_file(app, tmp_path)
     app.button[[b.label for b in app.button].index("Import")].click().run()
     refused = [e.value for e in app.error if e.value.startswith("Not started")]
     assert refused and "--drop-bad-rows" not in refused[0]
