@@ -17,7 +17,7 @@ st.caption("Create or import a model, fine-tune and align it, evaluate, chat, ex
 common.counts_row()
 
 st.subheader("Running jobs")
-common.live_jobs_panel("home")
+common.live_jobs_panel()
 
 left, right = st.columns([3, 2])
 with left:

@@ -10,7 +10,7 @@ from ui import common, forms
 
 common.setup_page("Models", "neurology")
 st.title("Models")
-common.live_jobs_panel("models")
+common.live_jobs_panel()
 forms.last_submitted()
 
 yours, create, imports = st.tabs(["Your models", "Create from scratch", "Import"])

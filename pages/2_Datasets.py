@@ -13,7 +13,7 @@ from ui import common, data, forms
 
 common.setup_page("Datasets", "dataset")
 st.title("Data sets")
-common.live_jobs_panel("datasets")
+common.live_jobs_panel()
 forms.last_submitted()
 
 yours, add = st.tabs(["Your data sets", "Import"])

@@ -8,20 +8,23 @@ from ui import common, forms, training
 
 common.setup_page("Training", "model_training")
 st.title("Fine-tuning")
-common.live_jobs_panel("training")
+jobs_slot = st.container()  # the live jobs panel, unless the run shown below is live
 forms.last_submitted()
 training.follow()  # a run just started or resumed: show it
+forms.keep("sft_")  # the form's values, while the Runs tab is open and the form is not drawn
 
-# lazy tabs: the Runs tab runs only when open, so a live run panel on a hidden
-# tab costs nothing; the form always runs (a widget not drawn loses its value)
+# lazy tabs: only the open tab is drawn. The browser re-renders every element on
+# the page at each live refresh, so a form on a closed tab would cost the job
+# CPU every second (bench/README.md, "With the app open").
 new, runs = st.tabs(["New run", "Runs"], key="train_tab", on_change="rerun")
+live_run = False
 
-with new:
-    spec = training.spec_form()
-    if spec is not None and st.button("Start training", type="primary", key="sft_start"):
-        forms.submit(lambda: spec, on_started=training.show_run)
-
-if runs.open:
+if not runs.open:
+    with new:
+        spec = training.spec_form()
+        if spec is not None and st.button("Start training", type="primary", key="train_start"):
+            forms.submit(lambda: spec, on_started=training.show_run)
+else:
     with runs:
         sft_jobs = [j for j in jobs.list_jobs() if traits(j.kind).trains]
         if not sft_jobs:
@@ -31,4 +34,8 @@ if runs.open:
             if st.session_state.get("train_pick") not in by_id:
                 st.session_state["train_pick"] = sft_jobs[0].id
             chosen = st.selectbox("Run", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="train_pick")
-            training.run_panel(chosen)
+            live_run = training.run_panel(chosen)
+
+if not live_run:
+    with jobs_slot:
+        common.live_jobs_panel()  # a live run's panel follows the other jobs itself: one refresh, not two

@@ -6,7 +6,7 @@ from ui import common, evaluation, forms
 
 common.setup_page("Evaluation", "fact_check")
 st.title("Evaluation")
-common.live_jobs_panel("evaluation")
+common.live_jobs_panel()
 forms.last_submitted()
 
 new, results, runs, samples, rubrics = st.tabs(["New evaluation", "Results", "Compare runs", "Samples", "Rubrics"])

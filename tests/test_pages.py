@@ -177,7 +177,7 @@ def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path, mon
     assert yaml_blocks and "model: tiny" in yaml_blocks[0] and "max_steps: 60" in yaml_blocks[0]
     app.number_input(key="sft_steps_quick").set_value(8).run()
     app.text_input(key="sft_output_tiny_lora_d").input("from-page").run()
-    app.button(key="sft_start").click().run()
+    app.button(key="train_start").click().run()
     no_exceptions(app)
     started = jobs.list_jobs()[0].id
     assert any(f"Started job {started}" in s.value for s in app.success)
@@ -218,8 +218,9 @@ def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path, mon
     app.session_state["train_tab"] = "New run"
     app.run()
     assert not [m for m in app.metric if m.label == "Step"]  # the hidden Runs tab's live panel does not run
+    assert app.number_input(key="sft_steps_quick").value == 8  # the form, not drawn while Runs was open, kept its values
     app.text_input(key="sft_output_tiny_lora_d").input("from-page").run()
-    app.button(key="sft_start").click().run()
+    app.button(key="train_start").click().run()
     refused = [e.value for e in app.error if e.value.startswith("Not started")]
     assert refused and "output_name" in refused[0] and "from-page" in refused[0]
     assert any(t.value.startswith("Not started") for t in app.toast)

@@ -94,24 +94,36 @@ def progress_line(job) -> None:
     st.progress(p.fraction or 0.0, text=text)
 
 
-def _jobs_signature() -> tuple:
+def jobs_signature() -> tuple:
     """Changes whenever a job is queued, starts or ends."""
     active = tuple(sorted(j.id for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE))
     return active, tuple(sorted(jobs.counts_by_status().items()))
 
 
-def live_jobs_panel(key: str = "live") -> None:
-    """Running and queued jobs, refreshed on their own (a fragment: the rest of the
-    page reruns only when a job is queued, starts or ends). setup_page has
-    already refreshed the job states for this run."""
-    seen_key = f"{key}_jobs_signature"
-    st.session_state[seen_key] = _jobs_signature()
+def jobs_watcher() -> Callable[[], None]:
+    """For a live fragment: call what this returns at the start of each fragment
+    run. It notices lost workers and starts queued jobs (jobs.refresh), and reruns
+    the whole page when a job is queued, starts or ends since the page ran, so
+    counts, tables and lists follow."""
+    seen = jobs_signature()
 
-    @st.fragment(run_every=1.0 if st.session_state[seen_key][0] else 2.0)
-    def panel() -> None:
+    def check() -> None:
         jobs.refresh()
-        if _jobs_signature() != st.session_state[seen_key]:
-            st.rerun()  # refresh counts, tables and details too
+        if jobs_signature() != seen:
+            st.rerun()
+
+    return check
+
+
+def live_jobs_panel() -> None:
+    """Running and queued jobs, refreshed on their own (a fragment: the rest of the page reruns only when a
+    job is queued, starts or ends). setup_page has already refreshed the job
+    states for this run."""
+    watch = jobs_watcher()
+
+    @st.fragment(run_every=1.0 if any(j.status in jobs.ACTIVE for j in jobs.list_jobs(limit=50)) else 2.0)
+    def panel() -> None:
+        watch()
         active = [j for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE]
         if not active:
             st.caption("No job is running.")

@@ -45,6 +45,19 @@ def field(spec: type[Spec], name: str, label: str, *, key: str, where: Any = st,
     return where.text_input(label, value="" if value is None else str(value), key=key, **widget)
 
 
+def keep(prefix: str) -> None:
+    """Widgets whose key starts with `prefix` keep their values through runs that
+    do not draw them. Streamlit forgets a widget not drawn in a run; a page that
+    leaves a form out while another tab is open (each widget drawn costs the
+    browser work on every live refresh) calls this at its top. No button may
+    have such a key: a button's value cannot be set."""
+    kept = st.session_state.setdefault(f"_kept_{prefix}", {})
+    for key, value in kept.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+    kept.update({k: v for k, v in st.session_state.items() if isinstance(k, str) and k.startswith(prefix)})
+
+
 def _labels() -> dict[str, str]:
     """CLI flag -> the label of the control that sets it, for the controls seen so far."""
     return st.session_state.setdefault("_control_labels", {})

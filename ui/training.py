@@ -102,6 +102,9 @@ def follow() -> None:
         st.session_state["train_pick"] = job_id
 
 
+LIVE_EVERY_S = 1.5
+"""A live run panel refreshes this often. Each refresh costs the browser work in
+proportion to what the page shows, taken from the job's cores (bench/README.md)."""
 MORE_CHARTS_EVERY_S = 30.0
 """While a run is live, the panels beyond the loss are redrawn at most this often."""
 
@@ -118,14 +121,24 @@ def _resumed_at(job_id: int) -> list[int]:
     return resumed_at
 
 
-def run_panel(job_id: int) -> None:
-    """One training run, live: progress, charts (with the runs it resumed), controls."""
+def run_panel(job_id: int) -> bool:
+    """One training run, live: progress, charts (with the runs it resumed),
+    controls, and the other active jobs. Returns whether it is live; a live
+    panel is the page's only refreshing part (it reruns the page when a job
+    starts or ends), so the page draws no separate jobs panel."""
     job = jobs.get(job_id)
+    live = job.status in jobs.ACTIVE
+    watch = common.jobs_watcher()
 
-    @st.fragment(run_every=1.0 if job.status in jobs.ACTIVE else None)
+    @st.fragment(run_every=LIVE_EVERY_S if live else None)
     def panel() -> None:
         if "train_follow" in st.session_state:  # Resume (a button in here): the whole page follows
             st.rerun()
+        if live:
+            watch()
+            for other in jobs.list_jobs(limit=50):
+                if other.status in jobs.ACTIVE and other.id != job_id:
+                    common.progress_line(other)
         job = jobs.get(job_id)
         p = jobs.progress(job)
         cols = st.columns(5)
@@ -156,6 +169,7 @@ def run_panel(job_id: int) -> None:
         controls(job)
 
     panel()
+    return live
 
 
 def controls(job) -> None:
