@@ -16,6 +16,9 @@ STATUS_COLOURS = {
 }
 
 
+SERIES_COLOURS = ["#7c9cff", "#f0883e", "#3fb950", "#a371f7", "#d29922"]
+"""The lines of one panel, in order (train, then eval, then others)."""
+
 MAX_POINTS = 500
 """A line shows at most this many points (a long run's curve is thinned for display)."""
 
@@ -64,36 +67,29 @@ def token_length_histogram(lengths: list[int], max_length: int | None = None) ->
     return fig
 
 
-TRAINING_PANELS = [
-    ("Loss", ("train_loss", "eval_loss")),
-    ("Learning rate", ("learning_rate",)),
-    ("Gradient norm", ("grad_norm",)),
-    ("Tokens / s", ("tokens_per_s",)),
-    ("Peak memory (MB)", ("peak_memory_mb",)),
-    ("Token accuracy", ("token_accuracy", "eval_token_accuracy")),
-]
-
-
-def loss_chart(series: dict[str, list[tuple[int, float]]], resumed_at: list[int] | None = None) -> tuple[Any, dict]:
-    """(data, Vega-Lite spec) of the live loss chart: train and eval loss against the
+def live_chart(series: dict[str, list[tuple[int, float]]], panel: tuple[str, tuple[str, ...]],
+               resumed_at: list[int] | None = None) -> tuple[Any, dict]:
+    """(data, Vega-Lite spec) of a run's live chart, one panel of its kind's
+    `panels` (the loss; the reward for PPO and GRPO): its metrics against the
     step, dotted rules where the run was resumed. Vega-Lite, not Plotly, because a
     keyed Vega-Lite chart keeps its identity when points are added and the browser
     only inserts them; a changed Plotly chart is drawn again from scratch (about a
     quarter of a core-second in headless Chromium here, for every new point)."""
     import pandas as pd
 
-    rows = [{"step": s, "value": v, "metric": name} for name in ("train_loss", "eval_loss") for s, v in thin(series.get(name) or [])]
+    title, names = panel
+    rows = [{"step": s, "value": v, "metric": name} for name in names for s, v in thin(series.get(name) or [])]
     data = pd.DataFrame(rows, columns=["step", "value", "metric"])
     line = {
         "mark": {"type": "line", "point": {"size": 20}, "tooltip": True},
         "encoding": {
             "x": {"field": "step", "type": "quantitative", "title": "step"},
-            "y": {"field": "value", "type": "quantitative", "title": "loss", "scale": {"zero": False}},
+            "y": {"field": "value", "type": "quantitative", "title": title.lower(), "scale": {"zero": False}},
             "color": {"field": "metric", "type": "nominal", "title": None,
-                      "scale": {"domain": ["train_loss", "eval_loss"], "range": ["#7c9cff", "#f0883e"]}},
+                      "scale": {"domain": list(names), "range": [SERIES_COLOURS[j % len(SERIES_COLOURS)] for j in range(len(names))]}},
         },
     }
-    spec: dict = {"height": 260, "title": "Loss", "layer": [line]}
+    spec: dict = {"height": 260, "title": title, "layer": [line]}
     if resumed_at:
         spec["layer"].append({
             "data": {"values": [{"step": s} for s in resumed_at]},
@@ -103,21 +99,19 @@ def loss_chart(series: dict[str, list[tuple[int, float]]], resumed_at: list[int]
     return data, spec
 
 
-def training_figure(series: dict[str, list[tuple[int, float]]], resumed_at: list[int] | None = None,
-                    panels: list | None = None) -> go.Figure:
-    """The training dashboard: one small panel per metric against the step (all of
-    TRAINING_PANELS, or `panels`); dotted lines where the run was paused and resumed."""
+def training_figure(series: dict[str, list[tuple[int, float]]], panels: list[tuple[str, tuple[str, ...]]],
+                    resumed_at: list[int] | None = None) -> go.Figure:
+    """The training dashboard: one small panel per (title, metric names) of the
+    kind's `panels`, against the step; dotted lines where the run was paused and resumed."""
     from plotly.subplots import make_subplots
 
-    panels = TRAINING_PANELS if panels is None else panels
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[title for title, _ in panels], horizontal_spacing=0.07,
                         vertical_spacing=0.16 if rows > 1 else 0.0)
-    colours = {"train_loss": "#7c9cff", "eval_loss": "#f0883e", "token_accuracy": "#7c9cff", "eval_token_accuracy": "#f0883e"}
     for i, (_, names) in enumerate(panels):
         row, col = i // cols + 1, i % cols + 1
-        for name in names:
+        for j, name in enumerate(names):
             points = thin(series.get(name) or [])
             if not points:
                 continue
@@ -127,9 +121,9 @@ def training_figure(series: dict[str, list[tuple[int, float]]], resumed_at: list
                     y=[p[1] for p in points],
                     mode="lines+markers" if len(points) < 30 or name.startswith("eval") else "lines",
                     name=name,
-                    line=dict(color=colours.get(name, "#7c9cff"), width=1.5),
+                    line=dict(color=SERIES_COLOURS[j % len(SERIES_COLOURS)], width=1.5),
                     marker=dict(size=4),
-                    showlegend=name in ("train_loss", "eval_loss"),
+                    showlegend=len(names) > 1,  # one metric: the panel's title names it
                 ),
                 row=row,
                 col=col,

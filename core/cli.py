@@ -4,7 +4,7 @@ command a job shows is the same command with the same flags.
 
     python -m core run SPEC.yaml [--wait] [--json]          any kind (`kind:` in the file)
     python -m core train SPEC.yaml [--wait]                  the same, kind sft by default
-    python -m core train sft --model M --dataset D --output-name OUT [--max-steps N ...] [--wait]
+    python -m core train sft|reward|dpo|grpo|ppo --model M --dataset D --output-name OUT [--max-steps N ...] [--wait]
     python -m core train resume JOB_ID [--wait]
     python -m core models create|add-starter|import|merge ... [--wait] [--json]
     python -m core models list|show MODEL [--json]
@@ -14,6 +14,7 @@ command a job shows is the same command with the same flags.
     python -m core data list|show DATASET [--json]
     python -m core data delete DATASET --yes
     python -m core generate --model NAME [--max-new-tokens N] [--temperature T] [--seed S] PROMPT
+    python -m core score --reward-model RM --prompt P --response R [--json]
     python -m core eval perplexity|generation|judge|lm-eval --model NAME ... [--checkpoints] [--wait] [--json]
     python -m core eval results [--json]
     python -m core eval samples JOB_ID [--step N] [--json]
@@ -368,6 +369,23 @@ def generate_cmd(args) -> int:
 # --- evaluation -----------------------------------------------------------------------
 
 
+def score_cmd(args) -> int:
+    """The score a reward model gives a response to a prompt."""
+    from core.inference import reward
+
+    row = models.find(args.reward_model)
+    why = reward.usable(row)
+    if why:
+        raise ValueError(why)
+    model, tokenizer = reward.load(row)
+    value = reward.score(model, tokenizer, [(args.prompt, args.response)])[0]
+    if args.json:
+        _print_json({"reward_model": row.name, "prompt": args.prompt, "response": args.response, "score": value})
+    else:
+        print(f"{value:.4f}")
+    return 0
+
+
 def eval_results(args) -> int:
     from core.evaluation import results as evals
 
@@ -560,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--system", help="system prompt")
     g.add_argument("--raw", action="store_true", help="no chat template: continue the prompt as plain text")
     g.set_defaults(func=generate_cmd)
+
+    c = top.add_parser("score", help="the score a reward model gives a response to a prompt")
+    c.add_argument("--reward-model", required=True, help="id or name of a reward model (python -m core train reward)")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--response", required=True)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=score_cmd)
 
     e = verbs["eval"]
     c = e.add_parser("results", help="every finished evaluation with its metrics")

@@ -19,12 +19,16 @@ from core.evaluation.generation import EvalGenerationSpec, run_eval_generation
 from core.evaluation.judge import EvalJudgeSpec, run_eval_judge
 from core.evaluation.lm_eval import EvalLmEvalSpec, run_eval_lm_eval
 from core.evaluation.perplexity import EvalPerplexitySpec, run_eval_perplexity
+from core.evaluation.reward import EvalRewardSpec, run_eval_reward
 from core.export.merge import MergeAdapterSpec, run_merge_adapter
 from core.jobs.run import Run
 from core.models.create import CreateModelSpec, run_create_model
 from core.models.importer import ImportModelSpec, run_import_model
 from core.models.starter import AddStarterSpec, run_add_starter
 from core.spec import Spec, SpecError
+from core.training.dpo import DPOSpec, run_dpo
+from core.training.grpo import GRPOSpec, run_grpo
+from core.training.reward import RewardSpec, run_reward
 from core.training.sft import SFTSpec, run_sft
 
 
@@ -41,11 +45,15 @@ KINDS: dict[str, Kind] = {
         Kind(ImportModelSpec, run_import_model),
         Kind(ImportDatasetSpec, run_import_dataset),
         Kind(SFTSpec, run_sft),
+        Kind(RewardSpec, run_reward),
+        Kind(DPOSpec, run_dpo),
+        Kind(GRPOSpec, run_grpo),
         Kind(MergeAdapterSpec, run_merge_adapter),
         Kind(EvalPerplexitySpec, run_eval_perplexity),
         Kind(EvalGenerationSpec, run_eval_generation),
         Kind(EvalJudgeSpec, run_eval_judge),
         Kind(EvalLmEvalSpec, run_eval_lm_eval),
+        Kind(EvalRewardSpec, run_eval_reward),
     )
 }
 

@@ -113,6 +113,8 @@ class Spec(BaseModel):
     # fields holding a secret (an API key): never printed; `<field>_env` names
     # an environment variable to read it from, in YAML and on the CLI
     secrets: ClassVar[tuple[str, ...]] = ()
+    # mapping fields given as NAME=VALUE pairs (the CLI's repeatable flag): how to write one
+    pair_format: ClassVar[dict[str, str]] = {}
     # fields a base class shares that read best last (a training run's seed and bookkeeping)
     trailing_fields: ClassVar[tuple[str, ...]] = ("threads",)
 
@@ -141,6 +143,9 @@ class Spec(BaseModel):
                 if not os.environ.get(str(var)):
                     raise SpecError(f"{name}_env", f"the environment variable {var} is not set")
                 data[name] = os.environ[str(var)]
+        for name, value in list(data.items()):
+            if isinstance(value, (list, tuple)) and name in cls.model_fields and _base_type(name, cls) is dict:
+                data[name] = _pairs(name, value, cls.pair_format.get(name, "NAME=VALUE"))
         for name, value in data.items():
             # pydantic reads True as 1: a flag where a number belongs is a mistake
             if isinstance(value, bool) and name in cls.model_fields and _base_type(name, cls) in (int, float):
@@ -260,6 +265,17 @@ def _base_type(name: str, cls: type[Spec]) -> Any:
     if typing.get_origin(annotation) is Literal:
         return type(typing.get_args(annotation)[0])
     return typing.get_origin(annotation) or annotation
+
+
+def _pairs(name: str, value: Any, how: str) -> dict[str, str]:
+    """NAME=VALUE strings (a repeated CLI flag) as a mapping."""
+    pairs = {}
+    for pair in value:
+        key, sep, item = str(pair).partition("=")
+        if not sep or not key.strip() or not item.strip():
+            raise SpecError(name, f"{pair!r}: write it as {how}")
+        pairs[key.strip()] = item.strip()
+    return pairs
 
 
 def _env_name(field_name: str) -> str:

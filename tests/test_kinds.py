@@ -30,12 +30,18 @@ EXAMPLES: dict[str, dict] = {
                            drop_bad_rows=True, validation_fraction=0.2, seed=2, tokenizer_model="base"),
     "sft": dict(model="base", dataset="d", output_name="o", method="full", learning_rate="2e-4", epochs=1.5,
                 packing=True, completion_only=False, seed=4, lora_targets="q_proj,v_proj", processes=2),
+    "reward": dict(model="base", dataset="prefs", output_name="rm", method="full", center_rewards=0.01, max_steps=5),
+    "dpo": dict(model="sft", dataset="prefs", output_name="o", beta=0.2, loss_type="ipo", label_smoothing=0.1, eval_steps=3),
+    "grpo": dict(model="sft", dataset="prompts", output_name="o", reward_model="rm", contains=["yes", "sure"],
+                 avoids=["no"], match="numeric", target_length=20, format_regex=r"^\d+$",
+                 reward_weights={"model": 0.5, "length": 2.0}, num_generations=2, temperature=0.9, loss_type="grpo"),
     "merge_adapter": dict(model="an adapter", output_name="merged one"),
     "eval_perplexity": dict(model="m", dataset="d", split="train", max_length=64, stride=16, checkpoints=True),
     "eval_generation": dict(model="m", dataset="d", temperature=0.7, top_p=0.9, seed=5, max_samples=0),
     "eval_judge": dict(model="m", dataset="d", judge_url="http://127.0.0.1:9/v1", judge_api_key="sekrit", rubric="strict"),
     # the lm-eval replay once dropped seed and batch_size: a replay ran with seed 0
     "eval_lm_eval": dict(model="m", tasks=["a", "b"], seed=3, batch_size=2, limit=4),
+    "eval_reward": dict(model="m", dataset="d", reward_model="rm", max_new_tokens=16, checkpoints=True),
 }
 
 

@@ -189,7 +189,7 @@ def test_training_page_starts_a_run_shows_its_yaml_and_charts(app, tmp_path, mon
     from core import charts
 
     builds = []
-    for name in ("training_figure", "loss_chart"):  # the live loss chart and the other panels
+    for name in ("training_figure", "live_chart"):  # the live loss chart and the other panels
         real = getattr(charts, name)
         monkeypatch.setattr(charts, name, lambda *a, _real=real, **kw: builds.append(1) or _real(*a, **kw))
     app.run()

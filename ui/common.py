@@ -200,7 +200,8 @@ def job_details(job) -> None:
     st.caption("Replay from a terminal, or run its spec file:")
     st.code(jobs.cli_command(job), language="bash")
     st.code(jobs.spec_file_command(job), language="bash")
-    build = charts.training_figure if traits(job.kind).trains else charts.metrics_figure
+    kind = traits(job.kind)
+    build = (lambda s: charts.training_figure(s, kind.panels)) if kind.trains else charts.metrics_figure
     # all panels in one figure: redrawn at most every 10 s while the job runs (the
     # Training page follows the loss step by step)
     _, figure = live_figure(job.id, f"metrics_{job.id}", build, every_s=10.0)

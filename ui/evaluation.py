@@ -18,23 +18,28 @@ from core.evaluation.generation import EvalGenerationSpec
 from core.evaluation.judge import EvalJudgeSpec
 from core.evaluation.lm_eval import EvalLmEvalSpec
 from core.evaluation.perplexity import EvalPerplexitySpec
+from core.evaluation.reward import EvalRewardSpec
 from core.jobs import lifecycle as jobs
 from core.kinds import traits
 from core.models import registry as models
 from core.spec import SpecError
 from ui import forms
 
-SPECS = {"perplexity": EvalPerplexitySpec, "generation": EvalGenerationSpec, "judge": EvalJudgeSpec, "lm-eval": EvalLmEvalSpec}
+SPECS = {
+    "perplexity": EvalPerplexitySpec, "generation": EvalGenerationSpec, "judge": EvalJudgeSpec, "reward": EvalRewardSpec,
+    "lm-eval": EvalLmEvalSpec,
+}
 LABELS = {
     "perplexity": "Perplexity",
     "generation": "Generation metrics (BLEU, chrF, ROUGE, exact match)",
     "judge": "LLM as judge",
+    "reward": "Reward model score",
     "lm-eval": "lm-eval-harness task",
 }
 
 
 def _usable_models() -> list:
-    return [m for m in models.list_models() if m.status == "available"]
+    return [m for m in models.list_models() if m.status == "available" and not models.is_reward_model(m)]
 
 
 def spec_form() -> Optional[Any]:
@@ -83,6 +88,13 @@ def spec_form() -> Optional[Any]:
         )
         if kind == "generation":
             return EvalGenerationSpec(**common, **gen)
+        if kind == "reward":
+            rewarders = [m.name for m in models.list_models() if m.status == "available" and models.is_reward_model(m)]
+            if not rewarders:
+                st.info("No reward model yet: train one on the RLHF page.")
+                return None
+            reward_model = st.selectbox("Reward model", rewarders, key="eval_reward_model", help=spec.doc("reward_model"))
+            return EvalRewardSpec(**common, **gen, reward_model=reward_model)
         return _judge_form(common, gen)
     except SpecError as exc:
         st.error(str(exc))

@@ -12,6 +12,7 @@ from core.export.merge import MergeAdapterSpec
 from core.format import human_seconds
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
+from core.kinds import traits
 from core.spec import SpecError
 from core.training.sft import PRESETS, SFTSpec
 from ui import common, forms
@@ -92,14 +93,15 @@ def spec_form() -> Optional[SFTSpec]:
 def show_run(job_id: int) -> None:
     """After Start or Resume: open the Runs tab on this run (at the next rerun,
     before the tabs and the picker exist)."""
-    st.session_state["train_follow"] = job_id
+    st.session_state["follow_run"] = job_id
 
 
-def follow() -> None:
-    job_id = st.session_state.pop("train_follow", None)
+def follow(tab_key: str = "train_tab", pick_key: str = "train_pick") -> None:
+    """At the top of a page with a Runs tab: follow a run just started or resumed."""
+    job_id = st.session_state.pop("follow_run", None)
     if job_id is not None:
-        st.session_state["train_tab"] = "Runs"
-        st.session_state["train_pick"] = job_id
+        st.session_state[tab_key] = "Runs"
+        st.session_state[pick_key] = job_id
 
 
 LIVE_EVERY_S = 1.5
@@ -132,7 +134,7 @@ def run_panel(job_id: int) -> bool:
 
     @st.fragment(run_every=LIVE_EVERY_S if live else None)
     def panel() -> None:
-        if "train_follow" in st.session_state:  # Resume (a button in here): the whole page follows
+        if "follow_run" in st.session_state:  # Resume (a button in here): the whole page follows
             st.rerun()
         if live:
             watch()
@@ -146,24 +148,33 @@ def run_panel(job_id: int) -> bool:
         cols[1].metric("Step", f"{p.step}/{p.total or '?'}" if job.status != "queued" else "queued")
         cols[2].metric("Elapsed", human_seconds(p.elapsed_s))
         cols[3].metric("ETA", human_seconds(p.eta_s) if p.eta_s is not None else "-")
-        # the loss follows every logged step (a Vega-Lite chart: the browser adds the
-        # new points); the Plotly panels, redrawn from scratch, every 30 s
-        series, chart = common.live_figure(job_id, f"train_loss_{job_id}", lambda s: charts.loss_chart(s, _resumed_at(job_id)))
-        loss = series.get("train_loss") or []
-        cols[4].metric("Train loss", f"{loss[-1][1]:.3f}" if loss else "-")
-        st.progress(p.fraction or 0.0, text=p.message)
+        # the first panel (the loss; the reward in RL) follows every logged step (a
+        # Vega-Lite chart: the browser adds the new points); the Plotly panels,
+        # redrawn from scratch, every 30 s and only when asked for while live
+        panels = traits(job.kind).panels
+        series, chart = common.live_figure(job_id, f"train_live_{job_id}", lambda s: charts.live_chart(s, panels[0], _resumed_at(job_id)))
+        main = series.get(panels[0][1][0]) or []
+        cols[4].metric(panels[0][1][0].replace("_", " ").capitalize(), f"{main[-1][1]:.3f}" if main else "-")
+        if live:  # text: a progress bar costs the browser at every refresh (bench/README.md)
+            st.caption(f"{p.fraction or 0:.0%} · {p.message}")
+        else:
+            st.progress(p.fraction or 0.0, text=p.message)
         if job.error:
             (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error or ""))
         if chart is not None:
-            st.vega_lite_chart(chart[0], chart[1], key=f"train_loss_{job_id}")
-            _, more = common.live_figure(
-                job_id, f"train_more_{job_id}", lambda s: charts.training_figure(s, _resumed_at(job_id), charts.TRAINING_PANELS[1:]),
-                every_s=MORE_CHARTS_EVERY_S,
+            st.vega_lite_chart(chart[0], chart[1], key=f"train_live_{job_id}")
+            shown = not live or st.toggle(
+                f"All charts: {', '.join(t.lower() for t, _ in panels[1:])}", key=f"train_more_on_{job_id}",
+                help=f"Redrawn every {MORE_CHARTS_EVERY_S:.0f} s while the run is live (each redraw costs the browser, "
+                "and so the job, about a quarter of a core-second here); all shown when it ends.",
             )
-            if more is not None:
-                st.plotly_chart(more, key=f"train_more_{job_id}")
-                if job.status in jobs.ACTIVE:
-                    st.caption(f"Learning rate, gradient norm, speed, memory and accuracy are redrawn every {MORE_CHARTS_EVERY_S:.0f} s while the run is live.")
+            if shown:
+                _, more = common.live_figure(
+                    job_id, f"train_more_{job_id}", lambda s: charts.training_figure(s, panels[1:], _resumed_at(job_id)),
+                    every_s=MORE_CHARTS_EVERY_S,
+                )
+                if more is not None:
+                    st.plotly_chart(more, key=f"train_more_{job_id}")
         else:
             st.caption("The charts fill in as soon as the first step is logged.")
         controls(job)

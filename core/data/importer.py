@@ -33,6 +33,7 @@ class ImportDatasetSpec(Spec):
     command: ClassVar[tuple[str, ...]] = ("data", "import")
     positional: ClassVar[tuple[str, ...]] = ("path",)
     flags: ClassVar[dict[str, str]] = {"mapping": "map"}
+    pair_format: ClassVar[dict[str, str]] = {"mapping": "FIELD=COLUMN, e.g. response=answer"}
     output: ClassVar[str] = "dataset"
     output_field: ClassVar[str] = "name"
 
@@ -67,15 +68,7 @@ class ImportDatasetSpec(Spec):
 
     @field_validator("mapping", mode="before")
     @classmethod
-    def _pairs(cls, value: Any) -> Any:
-        if isinstance(value, (list, tuple)):  # FIELD=COLUMN pairs, as the CLI gives them
-            pairs = {}
-            for pair in value:
-                key, sep, column = str(pair).partition("=")
-                if not sep or not key.strip() or not column.strip():
-                    raise ValueError(f"{pair!r}: write it as FIELD=COLUMN, e.g. response=answer")
-                pairs[key.strip()] = column.strip()
-            value = pairs
+    def _known_fields(cls, value: Any) -> Any:
         if isinstance(value, dict):
             unknown = sorted(set(value) - set(files.ALIASES))
             if unknown:

@@ -8,6 +8,12 @@ EOS mistakes show before training does.
                  "### Instruction / ### Response" text when the tokenizer has no template
     chat         the conversation up to its last assistant turn as the prompt,
                  that turn as the completion
+    preference   prompt, chosen and rejected answers, as the reward and DPO
+                 trainers take them (`preference_example`)
+    prompt       the prompt a policy answers in GRPO and PPO (`prompt_example`)
+
+A tokenizer with a chat template gets conversations (TRL applies the template);
+one without gets the "### Instruction / ### Response" layout as plain text.
 """
 
 from __future__ import annotations
@@ -45,6 +51,29 @@ def training_example(fmt: str, row: dict[str, Any], tokenizer, completion_only: 
     if not completion_only:
         return {"text": prompt + response}
     return {"prompt": prompt, "completion": response}
+
+
+def prompt_example(prompt: str, tokenizer) -> Any:
+    """A prompt as the policy sees it: a user turn (chat template) or the
+    instruction layout as plain text."""
+    if tokenizer.chat_template:
+        return [{"role": "user", "content": prompt}]
+    return PLAIN_PROMPT.format(prompt=prompt)
+
+
+def answer_example(answer: str, tokenizer) -> Any:
+    """An answer to a `prompt_example`: an assistant turn, or plain text."""
+    return [{"role": "assistant", "content": answer}] if tokenizer.chat_template else answer
+
+
+def preference_example(row: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """The pair TRL's RewardTrainer and DPOTrainer get for a preference row (they
+    append EOS to plain-text answers themselves)."""
+    return {
+        "prompt": prompt_example(row["prompt"], tokenizer),
+        "chosen": answer_example(row["chosen"], tokenizer),
+        "rejected": answer_example(row["rejected"], tokenizer),
+    }
 
 
 def render_segments(fmt: str, row: dict[str, Any], tokenizer, completion_only: bool = True) -> list[tuple[str, bool]]:

@@ -21,11 +21,9 @@ from pydantic import Field
 from core.data import registry as datasets
 from core.format import jsonable
 from core.inference import generate
-from core.jobs.run import BadInput, Run
+from core.jobs.run import BadInput, Run, store_samples
 from core.models import registry as models
 from core.spec import Ref, Spec, SpecError
-from storage.db import session
-from storage.tables import EvalSample
 
 
 class EvalSpec(Spec):
@@ -117,23 +115,6 @@ def rows_of(data_row, split: str, max_samples: int) -> tuple[list[dict[str, Any]
     return rows, split
 
 
-def store(job_id: int, step: Optional[int], samples: list[dict[str, Any]]) -> None:
-    with session() as s:
-        s.add_all(
-            EvalSample(
-                job_id=job_id,
-                step=step,
-                idx=sample["idx"],
-                prompt=jsonable(sample.get("prompt", "")),
-                reference=jsonable(sample.get("reference")),
-                output=jsonable(sample.get("output")),
-                scores=jsonable(sample.get("scores", {})),
-                extra=jsonable(sample.get("extra", {})),
-            )
-            for sample in samples
-        )
-
-
 def finite(values: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -163,7 +144,7 @@ def evaluate_targets(
             run.progress(done + n, total, f"{what}: {message}")
 
         metrics, samples = score(model, tokenizer, tick)
-        store(run.job_id, step if weights is not None else None, samples)
+        store_samples(run.job_id, step if weights is not None else None, samples)
         if step is not None:
             run.metrics(step, finite(metrics))
         by_step.append({"step": step, "checkpoint": str(weights) if weights else None, "metrics": metrics})

@@ -42,20 +42,24 @@ class EvalGenerationSpec(EvalOnDataSpec):
         return f"Generation metrics of '{self.model}' on '{self.dataset}'" + (" (checkpoints)" if self.checkpoints else "")
 
 
-def prompts_of(fmt: str, rows: list[dict[str, Any]], tokenizer) -> list[tuple[int, str, str, str, bool]]:
+def prompts_of(fmt: str, rows: list[dict[str, Any]], tokenizer,
+               need_reference: bool = True) -> list[tuple[int, str, str, str, bool]]:
     """(row index, question, prompt text, reference, add special tokens) for every row
-    with a reference, prompted the way training formats it (chat template, or the
-    plain instruction layout for tokenizers without one)."""
+    with a reference (or every row), prompted the way training formats it (chat
+    template, or the plain instruction layout for tokenizers without one)."""
     out = []
     for i, r in enumerate(rows):
         if fmt == "chat":
             messages = list(r["messages"])
-            if not messages or messages[-1]["role"] != "assistant":
+            if messages and messages[-1]["role"] == "assistant":
+                context, reference = messages[:-1], messages[-1]["content"]
+            elif messages and not need_reference:
+                context, reference = messages, None
+            else:
                 continue
-            context, reference = messages[:-1], messages[-1]["content"]
         else:
-            reference = r.get("response") if fmt == "instruction" else r.get("answer")
-            if not reference:
+            reference = {"instruction": r.get("response"), "preference": r.get("chosen")}.get(fmt, r.get("answer"))
+            if not reference and need_reference:
                 continue
             context = ([{"role": "system", "content": r["system"]}] if r.get("system") else []) + [
                 {"role": "user", "content": r["prompt"]}

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, S
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from core.evaluation.common import EvalSpec, finite, store
+from core.evaluation.common import EvalSpec, finite
 from core.format import jsonable
 from core.inference import generate
-from core.jobs.run import BadInput, Run
+from core.jobs.run import BadInput, Run, store_samples
 from core.models import registry as models
 from core.spec import SpecError
 
@@ -425,7 +425,7 @@ def run_eval_lm_eval(spec: EvalLmEvalSpec, run: Run) -> dict[str, Any]:
         )
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    store(run.job_id, None, [{**s, "extra": {"task": s.get("task")}} for s in out["samples"]])
+    store_samples(run.job_id, None, [{**s, "extra": {"task": s.get("task")}} for s in out["samples"]])
     step = (row.details or {}).get("steps")
     if step is not None:
         run.metrics(step, finite(out["metrics"]))

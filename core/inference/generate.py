@@ -66,6 +66,13 @@ class Stats:
 
 def usable(row) -> Optional[str]:
     """Why a model cannot be used for generation right now (None when it can)."""
+    if models.is_reward_model(row):
+        return f"'{row.name}' is a reward model: it scores answers, it does not write them"
+    return available(row)
+
+
+def available(row) -> Optional[str]:
+    """Why a model's files cannot be loaded right now (None when they can)."""
     if row.status != "available":
         return f"'{row.name}' is {models.display_status(row)}"
     if row.source == "adapter":

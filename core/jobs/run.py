@@ -111,3 +111,27 @@ class Run:
                 for name, value in values.items()
                 if value is not None
             )
+
+
+def store_samples(job_id: int, step: Optional[int], samples: list[dict[str, Any]]) -> None:
+    """Keep what a job saw and made, one row each: an evaluation's samples (prompt,
+    reference, output, scores) at a checkpoint's step, or an RL run's rollouts at
+    the step they trained. `step` None: the model itself."""
+    from core.format import jsonable
+    from storage.db import session
+    from storage.tables import EvalSample
+
+    with session() as s:
+        s.add_all(
+            EvalSample(
+                job_id=job_id,
+                step=step,
+                idx=sample["idx"],
+                prompt=jsonable(sample.get("prompt", "")),
+                reference=jsonable(sample.get("reference")),
+                output=jsonable(sample.get("output")),
+                scores=jsonable(sample.get("scores", {})),
+                extra=jsonable(sample.get("extra", {})),
+            )
+            for sample in samples
+        )

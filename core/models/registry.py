@@ -119,6 +119,12 @@ def find(ref: str) -> Model:
     return row
 
 
+def is_reward_model(row: Model) -> bool:
+    """A reward model scores (prompt, answer) pairs with one number (a
+    sequence-classification head); it does not generate."""
+    return (row.details or {}).get("task") == "reward"
+
+
 def active_jobs_using(model_id: int) -> list[Job]:
     """Queued and running jobs that read or write the model, or one of its adapters
     (an adapter is loaded on its base)."""
@@ -180,7 +186,10 @@ def lineage(row: Model) -> list[str]:
         seen.add(current.id)
         made = f" by job {current.job_id}" if current.job_id else ""
         chain.append(f"{current.name} ({current.source}: {current.origin or '-'}){made}")
-        current = get(current.parent_id) if current.parent_id else None
+        # an adapter that trained on from another adapter: that one, then its base
+        started = ((current.details or {}).get("started_from") or {}).get("id")
+        previous = started if started and get_or_none(started) is not None else current.parent_id
+        current = get(previous) if previous else None
     return list(reversed(chain))
 
 

@@ -1,0 +1,208 @@
+"""GRPO's reward functions, each in TRL's signature
+`reward(prompts, completions, completion_ids, **columns) -> list[float]`:
+
+    length    1 - |tokens - target| / target, at least 0: answers near a target length
+    format    1 if the answer matches a regular expression, else 0
+    contains  the share of the given keywords the answer contains (case-insensitive)
+    avoids    1 minus the share of the given keywords it contains
+    match     1 if the answer equals the row's `answer` column (exact: the text; numeric: the last number)
+    file      a Python file of the user's defining `reward(prompts, completions, **columns)`
+    model     a registered reward model's score (core/inference/reward.py)
+
+A user's file runs only in a job process (or in `python -m core.training.rewards
+FILE`, the "try it on 3 rows" check, a subprocess too), never in the app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+TRY_ROWS = 3
+
+
+def text_of(completion: Any) -> str:
+    """A completion as text: TRL passes a string, or a list of messages for chat prompts."""
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def _named(name: str, func: Callable) -> Callable:
+    func.__name__ = name  # TRL names the reward's metrics after it: rewards/<name>/mean
+    return func
+
+
+def length(target: int) -> Callable:
+    def reward(prompts, completions, completion_ids, **_):
+        return [max(0.0, 1.0 - abs(len(ids) - target) / target) for ids in completion_ids]
+
+    return _named("length", reward)
+
+
+def format_match(pattern: str) -> Callable:
+    compiled = re.compile(pattern)
+
+    def reward(prompts, completions, **_):
+        return [1.0 if compiled.search(text_of(c)) else 0.0 for c in completions]
+
+    return _named("format", reward)
+
+
+def contains(words: list[str]) -> Callable:
+    low = [w.lower() for w in words]
+
+    def reward(prompts, completions, **_):
+        return [sum(w in text_of(c).lower() for w in low) / len(low) for c in completions]
+
+    return _named("contains", reward)
+
+
+def avoids(words: list[str]) -> Callable:
+    low = [w.lower() for w in words]
+
+    def reward(prompts, completions, **_):
+        return [1.0 - sum(w in text_of(c).lower() for w in low) / len(low) for c in completions]
+
+    return _named("avoids", reward)
+
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number(text: str) -> Optional[float]:
+    found = NUMBER.findall(text.replace(",", ""))
+    return float(found[-1]) if found else None
+
+
+def match(how: str) -> Callable:
+    def reward(prompts, completions, answer=None, **_):
+        out = []
+        for completion, expected in zip(completions, answer or [None] * len(completions)):
+            text = text_of(completion).strip()
+            if expected is None:
+                out.append(0.0)
+            elif how == "numeric":
+                got, want = last_number(text), last_number(str(expected))
+                out.append(1.0 if got is not None and want is not None and abs(got - want) < 1e-6 else 0.0)
+            else:
+                out.append(1.0 if text.lower() == str(expected).strip().lower() else 0.0)
+        return out
+
+    return _named("match", reward)
+
+
+def from_file(path: Path) -> Callable:
+    """The `reward` function a user's file defines (run in this process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("llmdev_user_reward", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    func = getattr(module, "reward", None)
+    if not callable(func):
+        raise ValueError(f"{path} defines no function `reward(prompts, completions, **columns)`")
+
+    def reward(prompts, completions, **columns):
+        return [None if v is None else float(v) for v in func(prompts=prompts, completions=completions, **columns)]
+
+    return _named("file", reward)
+
+
+def from_model(model, tokenizer) -> Callable:
+    """A registered reward model's score of each (prompt, completion), as it was trained."""
+    from core.inference import reward as scoring
+
+    def reward(prompts, completions, **_):
+        return scoring.score(model, tokenizer, list(zip(prompts, completions)), formatted=True)
+
+    return _named("model", reward)
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class Recorder:
+    """Wraps the reward functions so each generation's rollouts (prompt,
+    completion, every function's reward, the weighted total) can be stored for
+    the step they trained: `take()` returns and clears them."""
+
+    def __init__(self, funcs: list[Callable], weights: list[float], keep: int = 8):
+        self.weights, self.keep = weights, keep
+        self.names = [f.__name__ for f in funcs]
+        self.rows: list[dict[str, Any]] = []
+        self.wrapped = [self._wrap(f, first=i == 0) for i, f in enumerate(funcs)]
+
+    def _wrap(self, func: Callable, first: bool) -> Callable:
+        def reward(prompts, completions, **kw):
+            values = func(prompts=prompts, completions=completions, **kw)
+            if first:  # TRL calls the functions in order on the same rollouts
+                answers = kw.get("answer") or [None] * len(prompts)
+                self.rows = [{"prompt": p, "output": text_of(c), "reference": a, "scores": {}}
+                             for p, c, a in list(zip(prompts, completions, answers))[: self.keep]]
+            for row, value in zip(self.rows, values):
+                row["scores"][func.__name__] = value
+            return values
+
+        return _named(func.__name__, reward)
+
+    def take(self) -> list[dict[str, Any]]:
+        rows, self.rows = self.rows, []
+        for i, row in enumerate(rows):
+            values = [row["scores"].get(n) for n in self.names]
+            if all(v is not None for v in values):
+                row["scores"]["total"] = sum(w * v for w, v in zip(self.weights, values))
+            row["idx"] = i
+            if isinstance(row["prompt"], list):  # a conversation: the question asked
+                row["prompt"] = text_of(row["prompt"][-1:])
+        return rows
+
+
+# --- "try it on 3 rows": the user's file in a subprocess ------------------------------------
+
+
+def try_file(path: str, rows: list[dict[str, Any]], timeout_s: float = 60) -> dict[str, Any]:
+    """Run a user's reward file on a few rows in a separate process (never in the
+    app): {"scores": [...]} or {"error": "...", "line": N}."""
+    import subprocess
+
+    sample = [{"prompt": r.get("prompt", ""), "completion": r.get("answer") or "an example answer", **r} for r in rows[:TRY_ROWS]]
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "core.training.rewards", str(path)], input=json.dumps(sample),
+            capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[2],
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"it did not return within {timeout_s:.0f} s"}
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": (out.stderr or out.stdout or "no output").strip()[-800:]}
+
+
+def _try_main(path: str) -> int:
+    rows = json.loads(sys.stdin.read())
+    try:
+        func = from_file(Path(path))
+        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in ("prompt", "completion")} if rows else {}
+        scores = func(prompts=[r["prompt"] for r in rows], completions=[r["completion"] for r in rows],
+                      completion_ids=[[] for _ in rows], **columns)
+        if len(scores) != len(rows):
+            raise ValueError(f"it returned {len(scores)} rewards for {len(rows)} completions (one per completion)")
+        print(json.dumps({"scores": scores}))
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == Path(path).resolve()]
+        line = frames[-1].lineno if frames else None
+        where = f"{path}, line {line}: " if line else f"{path}: "
+        print(json.dumps({"error": f"{where}{type(exc).__name__}: {exc}", "line": line}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_try_main(sys.argv[1]))
