@@ -23,7 +23,7 @@ def page(setup):
     st.cache_resource.clear()
     at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
     at.run()
-    at.switch_page("pages/4_Evaluation.py").run()
+    at.switch_page("pages/5_Evaluation.py").run()
     yield at
     st.cache_resource.clear()
 

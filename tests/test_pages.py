@@ -13,7 +13,8 @@ from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.models.create import CreateModelSpec
 
-PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/4_Evaluation.py", "pages/5_Playground.py", "pages/9_Jobs.py"]
+PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/4_RLHF.py", "pages/5_Evaluation.py",
+         "pages/6_Playground.py", "pages/9_Jobs.py"]
 
 
 @pytest.fixture
@@ -35,6 +36,10 @@ def test_dashboard_empty(app):
     assert metrics["Models"] == "0" and metrics["Jobs running"] == "0"
     assert any("No job is running" in c.value for c in app.caption)
     assert any("cores" in m.value for m in app.markdown)
+
+
+def test_every_page_is_listed():
+    assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
 
 
 @pytest.mark.parametrize("page", PAGES)

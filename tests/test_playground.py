@@ -18,7 +18,7 @@ from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.models.create import CreateModelSpec
 
-PAGE = "pages/5_Playground.py"
+PAGE = "pages/6_Playground.py"
 
 
 def make(name: str, arch: str = "llama", seed: int = 3):

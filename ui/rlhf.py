@@ -128,7 +128,7 @@ def _grpo_rewards(f, rewarders: list[str], dataset: str) -> dict[str, Any]:
         "match": f("match", "Match the answer column", c[2], format_func=lambda m: m or "(off)"),
         "reward_file": c[0].text_input("Your reward file (a .py path on this machine)", key="rl_grpo_reward_file", help=GRPOSpec.doc("reward_file")),
     }
-    if values["reward_file"] and c[1].button("Try it on 3 rows", key="rl_grpo_try"):
+    if values["reward_file"] and c[1].button("Try it on 3 rows", key="rlhf_try_file"):
         _try_file(values["reward_file"], dataset)
     c = st.columns(3)
     values["num_generations"] = f("num_generations", "Answers per prompt", c[0])
@@ -157,7 +157,9 @@ def _try_file(path: str, dataset: str) -> None:
     if "error" in out:
         st.error(f"Your reward file fails: {out['error']}")
     else:
-        st.dataframe(pd.DataFrame({"prompt": [r["prompt"] for r in rows], "score": out["scores"]}), hide_index=True)
+        st.dataframe(pd.DataFrame({"prompt": [r["prompt"] for r in rows], "completion": [r.get("answer") or "an example answer" for r in rows],
+                                   "score": out["scores"]}), hide_index=True)
+        st.caption("Each row's answer column (or an example text) stands in for a completion.")
 
 
 def rollouts(job) -> None:
@@ -202,7 +204,7 @@ def score_box() -> None:
     name = st.selectbox("Reward model", list(by_name), key="rl_score_model")
     prompt = st.text_area("Prompt", key="rl_score_prompt", height=80)
     response = st.text_area("Answer", key="rl_score_response", height=120)
-    if st.button("Score", key="rl_score", disabled=not (prompt and response)):
+    if st.button("Score", key="rlhf_score", disabled=not (prompt and response)):
         row = by_name[name]
         with st.spinner(f"Loading '{name}'…"):
             model, tokenizer = _reward_model(row.id, row.path)
