@@ -28,6 +28,7 @@ from core.models.starter import AddStarterSpec, run_add_starter
 from core.spec import Spec, SpecError
 from core.training.dpo import DPOSpec, run_dpo
 from core.training.grpo import GRPOSpec, run_grpo
+from core.training.ppo import PPOSpec, run_ppo
 from core.training.reward import RewardSpec, run_reward
 from core.training.sft import SFTSpec, run_sft
 
@@ -48,6 +49,7 @@ KINDS: dict[str, Kind] = {
         Kind(RewardSpec, run_reward),
         Kind(DPOSpec, run_dpo),
         Kind(GRPOSpec, run_grpo),
+        Kind(PPOSpec, run_ppo),
         Kind(MergeAdapterSpec, run_merge_adapter),
         Kind(EvalPerplexitySpec, run_eval_perplexity),
         Kind(EvalGenerationSpec, run_eval_generation),

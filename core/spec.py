@@ -20,7 +20,8 @@ of the platform reads the traits, never a kind's name:
                      "export", "service" or "" (an adapter is a model whose
                      source is "adapter": see `model_source()`)
     output_field     the field that names the output
-    trains           a training run: DDP processes, pause and resume, training charts
+    trains           a training run: DDP processes, training charts
+    resumes          a pause writes a checkpoint the run continues from
     service          runs until stopped and takes no job slot
     busy             what an active job means for the models it reads
     input_models     fields that name models the job reads
@@ -102,6 +103,8 @@ class Spec(BaseModel):
     output: ClassVar[Output] = ""
     output_field: ClassVar[str] = ""
     trains: ClassVar[bool] = False
+    # stops with a checkpoint on a pause and continues from it (`train resume`)
+    resumes: ClassVar[bool] = False
     service: ClassVar[bool] = False
     # short and small (an import, a tiny model): its own lane beside a training
     # run instead of the queue behind it (is_light() may look at the fields)

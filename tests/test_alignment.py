@@ -240,3 +240,52 @@ def test_grpo_rule_reward_moves_the_mean_reward_up(prompts):
     assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
     reward = [v for _, v in jobs.metrics(job.id)["reward"]]
     assert mean(reward[-6:]) > mean(reward[:6]) + 0.1, reward
+
+
+# --- PPO ------------------------------------------------------------------------------------
+
+
+def test_ppo_against_the_tiny_reward_model(prompts, home):
+    from safetensors.torch import load_file
+
+    from core.evaluation import results
+    from core.training.ppo import PPOSpec
+
+    reward_model("rm", max_steps=2, eval_steps=0)
+    job = jobs.wait(jobs.submit(PPOSpec(
+        model="base", reward_model="rm", dataset="prompts", output_name="ppo", max_steps=3, batch_size=4,
+        response_length=8, num_ppo_epochs=1, learning_rate=1e-3, save_steps=100,
+    )), timeout_s=300)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    metrics = jobs.metrics(job.id)
+    for name in ("reward", "score", "kl", "entropy", "policy_loss", "value_loss", "response_length", "clip_fraction"):
+        assert metrics.get(name), f"{name} was not recorded"
+    assert [s for s, _ in metrics["reward"]] == [1, 2, 3]
+    assert results.sample_steps(job.id) == [1, 2, 3]
+    rollout = results.samples(job.id, 1)[0]
+    assert "reward_model" in rollout["scores"] and rollout["prompt"]
+    out = models.find("ppo")
+    assert out.source == "adapter" and out.details["reward_model"]["name"] == "rm"
+    adapter = load_file(home / out.path / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())  # the policy moved
+    assert not any("v_head" in k or "score" in k for k in adapter)  # the value model is not saved with it
+    with pytest.raises(ValueError, match="ppo job: it cannot continue from a checkpoint"):
+        jobs.cancel(job.id, mode="pause")
+
+
+def test_ppo_refuses_a_reward_model_of_another_tokenizer_and_eos_padding(prompts):
+    from core.training.ppo import PPOSpec
+
+    other = jobs.wait(jobs.submit(CreateModelSpec(name="other", arch="llama", size="custom", n_layer=1, hidden_size=32,
+                                                  n_head=2, context_length=128, vocab_size=512)), timeout_s=120)
+    assert other.status == "succeeded", other.log_tail
+    reward_model("rm-other", model="other", max_steps=1, eval_steps=0)
+    with pytest.raises(SpecError, match="reward_model: 'rm-other' reads another tokenizer than 'base'"):
+        jobs.submit(PPOSpec(model="base", reward_model="rm-other", dataset="prompts", output_name="x"))
+    with pytest.raises(SpecError, match="reward_model: 'base' is not a reward model"):
+        jobs.submit(PPOSpec(model="base", reward_model="base", dataset="prompts", output_name="x"))
+    reward_model("rm", max_steps=1, eval_steps=0)
+    with pytest.raises(SpecError, match=r"pad_token: '<\|endoftext\|>' is EOS, BOS or part of the chat template"):
+        jobs.submit(PPOSpec(model="base", reward_model="rm", dataset="prompts", output_name="x", pad_token="<|endoftext|>"))
+    with pytest.raises(SpecError, match="dataset: 'prefs' is preference data; ppo needs prompt data"):
+        jobs.submit(PPOSpec(model="base", reward_model="rm", dataset="prefs", output_name="x"))

@@ -35,6 +35,8 @@ EXAMPLES: dict[str, dict] = {
     "grpo": dict(model="sft", dataset="prompts", output_name="o", reward_model="rm", contains=["yes", "sure"],
                  avoids=["no"], match="numeric", target_length=20, format_regex=r"^\d+$",
                  reward_weights={"model": 0.5, "length": 2.0}, num_generations=2, temperature=0.9, loss_type="grpo"),
+    "ppo": dict(model="sft", dataset="prompts", reward_model="rm", output_name="o", kl_coef=0.1, num_ppo_epochs=2,
+                response_length=16, pad_token="<|pad|>", missing_eos_penalty=0.5),
     "merge_adapter": dict(model="an adapter", output_name="merged one"),
     "eval_perplexity": dict(model="m", dataset="d", split="train", max_length=64, stride=16, checkpoints=True),
     "eval_generation": dict(model="m", dataset="d", temperature=0.7, top_p=0.9, seed=5, max_samples=0),

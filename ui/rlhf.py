@@ -15,12 +15,14 @@ from core.models import registry as models
 from core.spec import Spec, SpecError
 from core.training.dpo import DPOSpec
 from core.training.grpo import GRPOSpec
+from core.training.ppo import PPOSpec
 from core.training.reward import RewardSpec
 from ui import forms
 
-SPECS: dict[str, type[Spec]] = {"reward": RewardSpec, "dpo": DPOSpec, "grpo": GRPOSpec}
+SPECS: dict[str, type[Spec]] = {"reward": RewardSpec, "ppo": PPOSpec, "dpo": DPOSpec, "grpo": GRPOSpec}
 LABELS = {
     "reward": "Reward model",
+    "ppo": "PPO (prompts + a reward model)",
     "dpo": "DPO (preference pairs, no reward model)",
     "grpo": "GRPO (prompts + reward functions)",
 }
@@ -29,7 +31,7 @@ PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
 SHOWN = {
     "model", "dataset", "output_name", "method", "max_steps", "learning_rate", "batch_size", "beta", "loss_type",
     "reward_model", "target_length", "format_regex", "contains", "avoids", "match", "reward_file", "reward_weights",
-    "num_generations", "max_completion_length", "resume_from_job", "processes", "threads",
+    "num_generations", "max_completion_length", "response_length", "kl_coef", "resume_from_job", "processes", "threads",
 }
 EQUAL_REWARDS_WARNING = 0.5
 """Warn when more than this share of a GRPO run's recent groups had all rewards equal."""
@@ -93,6 +95,14 @@ def spec_form() -> Optional[Spec]:
         values["loss_type"] = f("loss_type", "Loss", c[1])
     if kind == "grpo":
         values.update(_grpo_rewards(f, rewarders, dataset))
+    if kind == "ppo":
+        if not rewarders:
+            st.info("PPO needs a reward model: train one first (Method: Reward model), from the same policy or its base.")
+            return None
+        c = st.columns(3)
+        values["reward_model"] = c[0].selectbox("Reward model", rewarders, key="rl_ppo_reward_model", help=cls.doc("reward_model"))
+        values["response_length"] = f("response_length", "Max answer tokens", c[1])
+        values["kl_coef"] = f("kl_coef", "KL coefficient", c[2])
     with st.expander("Advanced"):
         rest = [n for n in cls.field_names() if n not in SHOWN and cls.base_type(n) not in (list, dict)]
         cols = st.columns(4)

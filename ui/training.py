@@ -188,12 +188,13 @@ def controls(job) -> None:
     from core.training.common import has_checkpoint
 
     if job.status in jobs.ACTIVE and job.cancel_requested_at is None:
-        c[0].button("Pause (checkpoint)", key=f"pause_{job.id}", on_click=_stop, args=(job.id, "pause"))
+        if traits(job.kind).resumes:
+            c[0].button("Pause (checkpoint)", key=f"pause_{job.id}", on_click=_stop, args=(job.id, "pause"))
         c[1].button("Cancel (no checkpoint)", key=f"stop_{job.id}", on_click=_stop, args=(job.id, "cancel"))
     elif job.status in jobs.ACTIVE:
         c[0].caption(f"{'Pausing: writing a checkpoint' if job.stop_mode == 'pause' else 'Stopping'}…")
         c[1].button("Kill now", key=f"kill_{job.id}", on_click=_stop, args=(job.id, "cancel"), help="no checkpoint")
-    elif job.status in ("paused", "cancelled", "failed") and has_checkpoint(job.id):
+    elif job.status in ("paused", "cancelled", "failed") and traits(job.kind).resumes and has_checkpoint(job.id):
         c[0].button("Resume from the last checkpoint", key=f"resume_{job.id}", type="primary", on_click=_resume, args=(job.id,))
     out_id = (job.result or {}).get("model_id")
     if job.status == "succeeded" and out_id:

@@ -274,6 +274,11 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
     if mode not in ("cancel", "pause"):
         raise ValueError(f"mode {mode!r}: use cancel or pause")
     job = get(job_id)
+    if mode == "pause":
+        from core.kinds import traits
+
+        if not traits(job.kind).resumes:
+            raise ValueError(f"job {job_id} is a {job.kind} job: it cannot continue from a checkpoint, so it is not paused; cancel it instead")
     if job.status == "queued":
         if finish(job_id, "cancelled", error="cancelled before it started", only_from=("queued",)):
             return "cancelled (it had not started)"

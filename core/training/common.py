@@ -45,6 +45,7 @@ class TrainSpec(Spec):
     kind adds its own."""
 
     trains: ClassVar[bool] = True
+    resumes: ClassVar[bool] = True
     output: ClassVar[str] = "model"
     output_field: ClassVar[str] = "output_name"
     busy: ClassVar[str] = "training"
@@ -318,8 +319,6 @@ def fit(trainer, callback, spec: TrainSpec, run: Run, start, data_row, device: s
     """Write the run record, train (from the checkpoint of the run this one
     resumes), end as paused or cancelled when asked, evaluate once more at the
     end when there is a validation split; returns trainer.train's output."""
-    from core.jobs.run import Cancelled
-
     if run.is_main:
         write_run_record(run, spec, trainer, start, data_row)
     resume = str(checkpoint_of(spec.resume_from_job)) if spec.resume_from_job else None
@@ -330,14 +329,7 @@ def fit(trainer, callback, spec: TrainSpec, run: Run, start, data_row, device: s
         trainer._total_train_tokens = last_logged(state.get("log_history", []), "num_tokens") or 0
     print(f"rank {run.rank} of {run.world_size} training on {device}", flush=True)
     output = trainer.train(resume_from_checkpoint=resume)
-    if callback.stopped_at is not None:
-        if callback.pause:
-            ckpt = checkpoint_of(run.job_id)
-            raise Cancelled(
-                f"paused at step {callback.stopped_at}: resume to continue",
-                {"paused": True, "step": callback.stopped_at, "checkpoint": str(ckpt)},
-            )
-        raise Cancelled(f"cancelled at step {callback.stopped_at}")
+    stopped(callback, run)
     evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
     if has_eval and (not evaluated or evaluated[-1] != trainer.state.global_step):
         run.progress(trainer.state.global_step, trainer.state.max_steps, "final evaluation", force=True)
@@ -381,6 +373,22 @@ def save_policy(spec: TrainSpec, run: Run, trainer, tokenizer, start) -> dict[st
     return dict(describe_adapter(out_dir, base), source="adapter")
 
 
+def stopped(callback, run: Run) -> None:
+    """After training: end as paused (with the checkpoint just written) or
+    cancelled when the callback stopped it on request."""
+    from core.jobs.run import Cancelled
+
+    if callback.stopped_at is None:
+        return
+    if callback.pause:
+        ckpt = checkpoint_of(run.job_id)
+        raise Cancelled(
+            f"paused at step {callback.stopped_at}: resume to continue",
+            {"paused": True, "step": callback.stopped_at, "checkpoint": str(ckpt)},
+        )
+    raise Cancelled(f"cancelled at step {callback.stopped_at}")
+
+
 def register(spec: TrainSpec, run: Run, trainer, facts: dict[str, Any], start, data_row, card: str) -> None:
     """Record a saved model (its facts from core.models.weights.describe*) with
     its lineage, the run's numbers and a model card, and publish it. The parent
@@ -413,7 +421,7 @@ def result(run: Run, trainer, output) -> dict[str, Any]:
         "steps": trainer.state.global_step,
         "processes": run.world_size,
         # throughput of the training loop alone (bench/ compares it with plain TRL)
-        "train_runtime_s": output.metrics.get("train_runtime"),
+        "train_runtime_s": output.metrics.get("train_runtime") if output is not None else None,
         "train_tokens": last_logged(trainer.state.log_history, "num_tokens"),
         "peak_memory_mb": peak_memory_mb(),
     }
@@ -529,8 +537,9 @@ def resume(job_id: int) -> int:
     from core.kinds import spec_from_dict, traits
 
     old = jobs.get(job_id)
-    if not traits(old.kind).trains:
-        raise BadInput(f"job {job_id} is a {old.kind} job; only training jobs resume")
+    if not traits(old.kind).resumes:
+        what = "training runs of other kinds" if traits(old.kind).trains else "training jobs"
+        raise BadInput(f"job {job_id} is a {old.kind} job; only {what} resume")
     if old.status not in ("paused", "cancelled", "failed"):
         raise BadInput(f"job {job_id} is {old.status}; only a paused, cancelled or failed run resumes")
     checkpoint_of(job_id)
