@@ -34,6 +34,7 @@ elif runs.open:
             chosen = st.selectbox("Run", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="rl_pick")
             live_run = training.run_panel(chosen)
             rlhf.rollouts(by_id[chosen])
+            rlhf.before_after(by_id[chosen])
 else:
     with score:
         rlhf.score_box()

@@ -289,3 +289,76 @@ def test_ppo_refuses_a_reward_model_of_another_tokenizer_and_eos_padding(prompts
         jobs.submit(PPOSpec(model="base", reward_model="rm", dataset="prompts", output_name="x", pad_token="<|endoftext|>"))
     with pytest.raises(SpecError, match="dataset: 'prefs' is preference data; ppo needs prompt data"):
         jobs.submit(PPOSpec(model="base", reward_model="rm", dataset="prefs", output_name="x"))
+
+
+def test_grpo_pauses_and_resumes_with_the_reward_curve_going_on(prompts):
+    from conftest import wait_for
+    from core.training.common import resume
+    from core.training.grpo import GRPOSpec
+
+    first = jobs.submit(GRPOSpec(model="base", dataset="prompts", output_name="long", contains=["k"], max_steps=500,
+                                 batch_size=4, num_generations=4, max_completion_length=6, save_steps=1000))
+    wait_for(lambda: jobs.get(first).progress_step >= 2, 180, what="the run to take steps")
+    assert jobs.cancel(first, mode="pause") == "stopping"
+    paused = jobs.wait(first, timeout_s=180)
+    assert paused.status == "paused", paused.log_tail
+    step = paused.result["step"]
+    again = resume(first)
+    wait_for(lambda: len(jobs.metrics(again).get("reward", [])) >= 2, 180, what="the resumed run to log")
+    jobs.cancel(again)
+    jobs.wait(again, timeout_s=180)
+    assert jobs.metrics(again)["reward"][0][0] == step + 1  # the curve goes on from the saved step
+    history = [s for s, _ in jobs.metrics_with_history(again)["reward"]]
+    assert history[:step] == list(range(1, step + 1)) and history == sorted(history)
+
+
+def test_a_reward_file_failing_mid_run_fails_the_job_with_the_step_and_stays_resumable(prompts, tmp_path):
+    from core.training.common import has_checkpoint, resume
+    from core.training.grpo import GRPOSpec
+
+    user = tmp_path / "flaky.py"
+    user.write_text(
+        "def reward(prompts, completions, trainer_state=None, **kw):\n"
+        "    if trainer_state is not None and trainer_state.global_step >= 2:\n"
+        "        raise RuntimeError('the grader is down')\n"
+        "    return [0.5 for _ in completions]\n"
+    )
+    job = jobs.wait(jobs.submit(GRPOSpec(model="base", dataset="prompts", output_name="flaky", reward_file=str(user),
+                                         max_steps=4, batch_size=4, num_generations=4, max_completion_length=6,
+                                         save_steps=1)), timeout_s=300)
+    assert job.status == "failed" and job.error_class == "bad_input", job.log_tail
+    assert job.error == "the file reward failed at step 3 (reward_file.py, line 3): RuntimeError: the grader is down"
+    assert "Traceback" in jobs.read_log_tail(job.id, 200) and "the grader is down" in jobs.read_log_tail(job.id, 200)
+    assert has_checkpoint(job.id)  # steps 1 and 2 were saved
+    user.write_text("def reward(prompts, completions, **kw):\n    return [0.5 for _ in completions]\n")
+    again = jobs.wait(resume(job.id), timeout_s=300)
+    assert again.status == "succeeded", again.log_tail
+    assert [s for s, _ in jobs.metrics(again.id)["reward"]] == [3, 4]
+
+
+# --- judged by reward ----------------------------------------------------------------------
+
+
+def test_a_run_is_judged_by_reward_at_every_checkpoint(prompts):
+    from core.evaluation import results
+    from core.evaluation.reward import EvalRewardSpec
+    from core.inference import reward
+    from core.training.dpo import DPOSpec
+
+    reward_model("rm", max_steps=2, eval_steps=0)
+    dpo = jobs.wait(jobs.submit(DPOSpec(model="base", dataset="prefs", output_name="dpo", max_steps=4, save_steps=2,
+                                        keep_checkpoints=0)), timeout_s=300)
+    assert dpo.status == "succeeded", dpo.log_tail
+    with pytest.raises(SpecError, match="reward_model: 'dpo' is not a reward model"):
+        jobs.submit(EvalRewardSpec(model="dpo", dataset="prompts", reward_model="dpo"))
+    job = jobs.wait(jobs.submit(EvalRewardSpec(model="dpo", dataset="prompts", reward_model="rm", max_samples=4, split="train",
+                                               max_new_tokens=6, checkpoints=True)), timeout_s=300)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    assert [p["step"] for p in job.result["by_step"]] == [2, 4] and job.result["reward_model"] == "rm"
+    assert [s for s, _ in jobs.metrics(job.id)["mean_reward"]] == [2, 4]  # the over-steps chart
+    samples = results.samples(job.id)
+    assert len(samples) == 4 and all("reward" in s["scores"] for s in samples)
+    model, tokenizer = reward.load(models.find("rm"))
+    again = reward.score(model, tokenizer, [(s["prompt"], s["output"]) for s in samples])
+    assert again == pytest.approx([s["scores"]["reward"] for s in samples], abs=1e-4)
+    assert job.result["metrics"]["mean_reward"] == pytest.approx(mean(again), abs=1e-4)

@@ -63,6 +63,24 @@ def test_dpo_from_the_page_is_followed_with_its_charts(page):
     panels = json.loads(page.get("plotly_chart")[0].proto.spec)
     titles = [a["text"] for a in panels["layout"]["annotations"]]
     assert "Implicit rewards" in titles and "Margin (chosen - rejected)" in titles
+    # before and after: the same prompts answered by the starting policy and the aligned one, scored
+    assert any("Train a reward model to score" in c.value for c in page.caption)
+    rm = jobs.wait(jobs.submit(RewardSpec(model="base", dataset="prefs", output_name="rm", method="full", max_steps=2)), timeout_s=300)
+    assert rm.status == "succeeded", rm.log_tail
+    page.run()
+    page.number_input(key=f"rl_ba_n_{job.id}").set_value(3).run()
+    page.button(key=f"rlhf_ba_{job.id}").click().run()
+    ok(page)
+    scoring = [j for j in jobs.list_jobs() if j.kind == "eval_reward"]
+    assert len(scoring) == 2 and {j.spec["max_samples"] for j in scoring} == {3}
+    for j in scoring:
+        assert jobs.wait(j.id, timeout_s=300).status == "succeeded", jobs.get(j.id).log_tail
+    page.run()
+    ok(page)
+    labels = [m.label for m in page.metric]
+    assert "Before: base" in labels and any(label.startswith("After: ") for label in labels)
+    table = page.dataframe[-1].value
+    assert list(table.columns) == ["prompt", "before", "reward before", "after", "reward after"] and len(table) == 2
     # the form kept its values while the Runs tab was open
     page.session_state["rl_tab"] = "New run"
     page.run()

@@ -195,6 +195,48 @@ def rollouts(job) -> None:
     st.caption(f"{len(rows)} of the answers written at step {step} and their rewards ({len(steps)} steps kept).")
 
 
+def before_after(job) -> None:
+    """The same prompts answered by the starting policy and by the aligned one,
+    each scored by a reward model, side by side (two reward evaluations)."""
+    from core.evaluation import reward as reward_eval
+
+    if job.status != "succeeded" or not (job.result or {}).get("model_id") or job.kind == RewardSpec.kind:
+        return
+    st.subheader("Before and after")
+    rewarders = [m for m in models.list_models() if m.status == "available" and models.is_reward_model(m)]
+    if not rewarders:
+        st.caption("Train a reward model to score the starting policy and this one on the same prompts.")
+        return
+    by_name = {m.name: m for m in rewarders}
+    own = str((job.spec or {}).get("reward_model") or "")
+    names = sorted(by_name, key=lambda n: (n != own and str(by_name[n].id) != own, n))
+    c = st.columns([2, 1, 2])
+    chosen = by_name[c[0].selectbox("Scored by", names, key=f"rl_ba_rm_{job.id}")]
+    n = c[1].number_input("Prompts", min_value=1, max_value=200, value=8, key=f"rl_ba_n_{job.id}")
+    running = reward_eval.before_after_jobs(job, chosen.id, status=tuple(jobs.ACTIVE))
+    if c[2].button("Answer them with both and score", key=f"rlhf_ba_{job.id}", disabled=running is not None):
+        try:
+            ids = [jobs.submit(spec) for spec in reward_eval.before_after_specs(job, chosen.name, int(n))]
+            st.toast(f"Scoring both policies: jobs {ids[0]} and {ids[1]}")
+        except (SpecError, ValueError) as exc:
+            st.error(forms.page_words(str(exc)))
+    pair = reward_eval.before_after_jobs(job, chosen.id)
+    if pair is None:
+        st.caption("Not scored yet with this reward model." if running is None else "Scoring… (the jobs panel shows their progress)")
+        return
+    before, after = pair
+    m = st.columns(2)
+    m[0].metric(f"Before: {before.result.get('model')}", f"{before.result['metrics']['mean_reward']:.3f}")
+    m[1].metric(f"After: {after.result.get('model')}", f"{after.result['metrics']['mean_reward']:.3f}",
+                delta=f"{after.result['metrics']['mean_reward'] - before.result['metrics']['mean_reward']:+.3f}")
+    rows = samples_store.paired(before.id, after.id)
+    st.dataframe(pd.DataFrame([
+        {"prompt": r["prompt"], "before": r["a"]["output"], "reward before": r["a"]["scores"].get("reward"),
+         "after": r["b"]["output"], "reward after": r["b"]["scores"].get("reward")} for r in rows
+    ]), hide_index=True, width="stretch")
+    st.caption(f"Mean reward by '{chosen.name}' of jobs {before.id} and {after.id} (Evaluation page: all results).")
+
+
 @st.cache_resource(max_entries=1, show_spinner=False)
 def _reward_model(model_id: int, path: str):
     from core.inference import reward

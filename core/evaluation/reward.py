@@ -85,3 +85,32 @@ def run_eval_reward(spec: EvalRewardSpec, run: Run) -> dict[str, Any]:
     result = evaluate_targets(spec, run, score, len(rows))
     result.update(split=split, num_samples=len(rows), reward_model=rm_row.name, settings=generation_settings(spec))
     return result
+
+
+# --- before and after an alignment run ------------------------------------------------------
+
+
+def before_after_specs(run_job, reward_model: str, n: int) -> list[EvalRewardSpec]:
+    """The two evaluations that compare an alignment run's starting policy with
+    the policy it made: the same prompts (its data set), the same reward model."""
+    start, made, data = run_job.model_ids[1], run_job.model_ids[0], run_job.dataset_ids[0]
+    seed = (run_job.spec or {}).get("seed", 0)
+    return [EvalRewardSpec(model=str(m), dataset=str(data), reward_model=reward_model, max_samples=n, seed=seed) for m in (start, made)]
+
+
+def before_after_jobs(run_job, reward_model_id: int, status: tuple[str, ...] = ("succeeded",)):
+    """(before, after): the newest reward evaluations of the starting policy and
+    of the run's output on the run's data set by this reward model, or None."""
+    from sqlalchemy import select
+
+    from storage.db import session
+    from storage.tables import Job
+
+    with session() as s:
+        found = s.scalars(select(Job).where(Job.kind == EvalRewardSpec.kind, Job.status.in_(status)).order_by(Job.id.desc())).all()
+    newest = {}
+    for job in found:
+        if list(job.dataset_ids or []) == [run_job.dataset_ids[0]] and (job.model_ids or [None, None])[1:] == [reward_model_id]:
+            newest.setdefault(job.model_ids[0], job)
+    before, after = newest.get(run_job.model_ids[1]), newest.get(run_job.model_ids[0])
+    return (before, after) if before and after else None

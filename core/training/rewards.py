@@ -23,6 +23,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from core.jobs.run import BadInput
+
 TRY_ROWS = 3
 
 
@@ -128,6 +130,17 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+class RewardFailed(BadInput):
+    """A reward function raised during training: which one, at which step, where
+    in the user's file (the traceback goes to the job log)."""
+
+    def __init__(self, name: str, state: Any, exc: Exception):
+        step = state.global_step + 1 if state is not None else "?"
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("reward_file.py")]
+        where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
+        super().__init__(f"the {name} reward failed at step {step}{where}: {type(exc).__name__}: {exc}")
+
+
 class Recorder:
     """Wraps the reward functions so each generation's rollouts (prompt,
     completion, every function's reward, the weighted total) can be stored for
@@ -141,7 +154,10 @@ class Recorder:
 
     def _wrap(self, func: Callable, first: bool) -> Callable:
         def reward(prompts, completions, **kw):
-            values = func(prompts=prompts, completions=completions, **kw)
+            try:
+                values = func(prompts=prompts, completions=completions, **kw)
+            except Exception as exc:
+                raise RewardFailed(func.__name__, kw.get("trainer_state"), exc) from exc
             if first:  # TRL calls the functions in order on the same rollouts
                 answers = kw.get("answer") or [None] * len(prompts)
                 self.rows = [{"prompt": p, "output": text_of(c), "reference": a, "scores": {}}
