@@ -251,7 +251,8 @@ def test_no_page_asks_another_host(home, browser):
         context.route("**/*", route)
         page = context.new_page()
         for path, heading in [("", "LLM Development Platform"), ("Models", "Models"), ("Datasets", "Data sets"),
-                              ("Training", "Fine-tuning"), ("Evaluation", "Evaluation"), ("Playground", "Playground"),
+                              ("Training", "Fine-tuning"), ("RLHF", "Alignment (RLHF)"), ("Evaluation", "Evaluation"),
+                              ("Playground", "Playground"),
                               ("Jobs", "Jobs")]:
             page.goto(f"http://127.0.0.1:{port}/{path}")
             expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
