@@ -9,7 +9,7 @@
     file      a Python file of the user's defining `reward(prompts, completions, **columns)`
     model     a registered reward model's score (core/inference/reward.py)
 
-A user's file runs only in a job process (or in `python -m core.training.rewards
+A user's file runs only in a job process (or in `python -m core.rewards
 FILE`, the "try it on 3 rows" check, a subprocess too), never in the app.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -126,6 +127,38 @@ def from_model(model, tokenizer) -> Callable:
     return _named("model", reward)
 
 
+def build(spec: Any, folder: Path, reward_model_row=None) -> tuple[list, list[float], dict[str, Any]]:
+    """(functions, weights, what to record about them) for the rewards a spec
+    switches on (a GRPO spec: its reward_names() and their settings). A user's
+    file is copied into `folder` (the run's) and runs from there."""
+    funcs, facts = [], {}
+    for name in spec.reward_names():
+        if name == "length":
+            funcs.append(length(spec.target_length))
+        elif name == "format":
+            funcs.append(format_match(spec.format_regex))
+        elif name == "contains":
+            funcs.append(contains(spec.contains))
+        elif name == "avoids":
+            funcs.append(avoids(spec.avoids))
+        elif name == "match":
+            funcs.append(match(spec.match))
+        elif name == "file":
+            path = Path(spec.reward_file).expanduser()
+            copy = folder / "reward_file.py"
+            shutil.copyfile(path, copy)  # the code this run used, next to it
+            facts["reward_file"] = {"path": str(path), "sha256": file_hash(copy), "copy": str(copy)}
+            print(f"reward file {path} (sha256 {facts['reward_file']['sha256']})", flush=True)
+            funcs.append(from_file(copy))
+        elif name == "model":
+            from core.inference import reward as scoring
+
+            model, tokenizer = scoring.load(reward_model_row)
+            facts["reward_model"] = {"id": reward_model_row.id, "name": reward_model_row.name}
+            funcs.append(from_model(model, tokenizer))
+    return funcs, [spec.reward_weights.get(name, 1.0) for name in spec.reward_names()], facts
+
+
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -191,8 +224,8 @@ def try_file(path: str, rows: list[dict[str, Any]], timeout_s: float = 60) -> di
     sample = [{"prompt": r.get("prompt", ""), "completion": r.get("answer") or "an example answer", **r} for r in rows[:TRY_ROWS]]
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "core.training.rewards", str(path)], input=json.dumps(sample),
-            capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[2],
+            [sys.executable, "-m", "core.rewards", str(path)], input=json.dumps(sample),
+            capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1],
         )
     except subprocess.TimeoutExpired:
         return {"error": f"it did not return within {timeout_s:.0f} s"}

@@ -22,6 +22,7 @@ of the platform reads the traits, never a kind's name:
     output_field     the field that names the output
     trains           a training run: DDP processes, training charts
     resumes          a pause writes a checkpoint the run continues from
+    reward_functions its spec sets up reward functions (core/rewards.py)
     service          runs until stopped and takes no job slot
     busy             what an active job means for the models it reads
     input_models     fields that name models the job reads
@@ -105,6 +106,9 @@ class Spec(BaseModel):
     trains: ClassVar[bool] = False
     # stops with a checkpoint on a pause and continues from it (`train resume`)
     resumes: ClassVar[bool] = False
+    # its spec sets up reward functions (core/rewards.py: reward_names() and their
+    # settings), which a reward evaluation can score with (rewards_from)
+    reward_functions: ClassVar[bool] = False
     service: ClassVar[bool] = False
     # short and small (an import, a tiny model): its own lane beside a training
     # run instead of the queue behind it (is_light() may look at the fields)

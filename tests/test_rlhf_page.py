@@ -114,9 +114,11 @@ def test_grpo_rewards_on_the_form_and_rollouts_by_step(page, tmp_path):
     page.session_state["rl_tab"] = "Runs"
     page.run()
     ok(page)
-    assert [s.value for s in page.subheader] == ["Rollouts"]
+    assert [s.value for s in page.subheader] == ["Rollouts", "Before and after"]
     assert page.select_slider(key=f"rl_rollout_step_{job.id}").value == 2
     assert {"prompt", "answer", "contains", "total"} <= set(page.dataframe[0].value.columns)
+    # before and after can be judged by the run's own rewards (no reward model needed)
+    assert page.selectbox(key=f"rl_ba_rm_{job.id}").options == ["this run's own rewards"]
 
 
 def test_the_score_box_rates_an_answer(page):

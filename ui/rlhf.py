@@ -159,7 +159,7 @@ def _grpo_rewards(f, rewarders: list[str], dataset: str) -> dict[str, Any]:
 
 def _try_file(path: str, dataset: str) -> None:
     """Run the user's file on 3 rows of the data set, in a subprocess (never in the app)."""
-    from core.training import rewards
+    from core import rewards
 
     rows = list(datasets.load(datasets.find(dataset))["train"].select(range(rewards.TRY_ROWS)))
     with st.spinner("Running your reward file on 3 rows (in a separate process)…"):
@@ -203,26 +203,33 @@ def before_after(job) -> None:
     if job.status != "succeeded" or not (job.result or {}).get("model_id") or job.kind == RewardSpec.kind:
         return
     st.subheader("Before and after")
-    rewarders = [m for m in models.list_models() if m.status == "available" and models.is_reward_model(m)]
-    if not rewarders:
+    from core.kinds import traits
+
+    judges: dict[str, dict[str, Any]] = {}
+    if traits(job.kind).reward_functions:
+        judges["this run's own rewards"] = {"rewards_from": job.id}
+    own = str((job.spec or {}).get("reward_model") or "")
+    for m in sorted((m for m in models.list_models() if m.status == "available" and models.is_reward_model(m)),
+                    key=lambda m: (m.name != own and str(m.id) != own, m.name)):
+        judges[m.name] = {"reward_model": m.name, "id": m.id}
+    if not judges:
         st.caption("Train a reward model to score the starting policy and this one on the same prompts.")
         return
-    by_name = {m.name: m for m in rewarders}
-    own = str((job.spec or {}).get("reward_model") or "")
-    names = sorted(by_name, key=lambda n: (n != own and str(by_name[n].id) != own, n))
     c = st.columns([2, 1, 2])
-    chosen = by_name[c[0].selectbox("Scored by", names, key=f"rl_ba_rm_{job.id}")]
+    judge = judges[c[0].selectbox("Scored by", list(judges), key=f"rl_ba_rm_{job.id}")]
     n = c[1].number_input("Prompts", min_value=1, max_value=200, value=8, key=f"rl_ba_n_{job.id}")
-    running = reward_eval.before_after_jobs(job, chosen.id, status=tuple(jobs.ACTIVE))
+    which = dict(reward_model_id=judge.get("id"), rewards_from=judge.get("rewards_from", 0))
+    running = reward_eval.before_after_jobs(job, **which, status=tuple(jobs.ACTIVE))
     if c[2].button("Answer them with both and score", key=f"rlhf_ba_{job.id}", disabled=running is not None):
         try:
-            ids = [jobs.submit(spec) for spec in reward_eval.before_after_specs(job, chosen.name, int(n))]
+            specs = reward_eval.before_after_specs(job, int(n), judge.get("reward_model", ""), judge.get("rewards_from", 0))
+            ids = [jobs.submit(spec) for spec in specs]
             st.toast(f"Scoring both policies: jobs {ids[0]} and {ids[1]}")
         except (SpecError, ValueError) as exc:
             st.error(forms.page_words(str(exc)))
-    pair = reward_eval.before_after_jobs(job, chosen.id)
+    pair = reward_eval.before_after_jobs(job, **which)
     if pair is None:
-        st.caption("Not scored yet with this reward model." if running is None else "Scoring… (the jobs panel shows their progress)")
+        st.caption("Not scored yet this way." if running is None else "Scoring… (the jobs panel shows their progress)")
         return
     before, after = pair
     m = st.columns(2)
@@ -234,7 +241,7 @@ def before_after(job) -> None:
         {"prompt": r["prompt"], "before": r["a"]["output"], "reward before": r["a"]["scores"].get("reward"),
          "after": r["b"]["output"], "reward after": r["b"]["scores"].get("reward")} for r in rows
     ]), hide_index=True, width="stretch")
-    st.caption(f"Mean reward by '{chosen.name}' of jobs {before.id} and {after.id} (Evaluation page: all results).")
+    st.caption(f"Mean reward by {before.result.get('reward_model')} of jobs {before.id} and {after.id} (Evaluation page: all results).")
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)

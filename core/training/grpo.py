@@ -1,7 +1,7 @@
 """Group relative policy optimisation: for each prompt of a prompt data set the
 policy writes `num_generations` answers, the reward functions chosen in the spec
 score them, and each answer is pushed up or down by how it did against its
-group (TRL's GRPOTrainer). Rewards (core/training/rewards.py): built-in rules,
+group (TRL's GRPOTrainer). Rewards (core/rewards.py): built-in rules,
 a registered reward model, a Python file of the user's; several at once, weighted.
 
     python -m core train grpo --model POLICY --dataset PROMPTS --output-name OUT --match numeric --max-steps 20 --wait
@@ -13,7 +13,6 @@ Each step's rollouts (prompt, answer, every reward) are stored with the run
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +23,7 @@ from core.data.render import prompt_example
 from core.jobs.run import BadInput, Run, store_samples
 from core.models import registry as models
 from core.spec import Ref, SpecError
-from core.training import rewards
+from core import rewards
 from core.training.common import (
     TrainSpec, fit, last_logged, load_model, make_callback, register, reproduce, result, save_policy, trainer_args,
 )
@@ -58,6 +57,7 @@ class GRPOSpec(TrainSpec):
     command: ClassVar[tuple[str, ...]] = ("train", "grpo")
     input_models: ClassVar[tuple[str, ...]] = ("model", "reward_model")
     dataset_formats: ClassVar[tuple[str, ...]] = ("prompt",)
+    reward_functions: ClassVar[bool] = True
     pair_format: ClassVar[dict[str, str]] = {"reward_weights": "NAME=WEIGHT, e.g. model=0.5"}
     logged: ClassVar[dict[str, str]] = LOGGED
     panels: ClassVar[list[tuple[str, tuple[str, ...]]]] = [
@@ -189,36 +189,6 @@ class GRPOSpec(TrainSpec):
                 f"-> '{self.output_name}'{resumed}")
 
 
-def reward_functions(spec: GRPOSpec, run: Run, reward_model_row) -> tuple[list, list[float], dict[str, Any]]:
-    """(functions, weights, what to record about them) for the rewards switched on."""
-    funcs, facts = [], {}
-    for name in spec.reward_names():
-        if name == "length":
-            funcs.append(rewards.length(spec.target_length))
-        elif name == "format":
-            funcs.append(rewards.format_match(spec.format_regex))
-        elif name == "contains":
-            funcs.append(rewards.contains(spec.contains))
-        elif name == "avoids":
-            funcs.append(rewards.avoids(spec.avoids))
-        elif name == "match":
-            funcs.append(rewards.match(spec.match))
-        elif name == "file":
-            path = Path(spec.reward_file).expanduser()
-            copy = run.dir / "reward_file.py"
-            shutil.copyfile(path, copy)  # the code this run used, next to it
-            facts["reward_file"] = {"path": str(path), "sha256": rewards.file_hash(copy), "copy": str(copy)}
-            print(f"reward file {path} (sha256 {facts['reward_file']['sha256']})", flush=True)
-            funcs.append(rewards.from_file(copy))
-        elif name == "model":
-            from core.inference import reward as scoring
-
-            model, tokenizer = scoring.load(reward_model_row)
-            facts["reward_model"] = {"id": reward_model_row.id, "name": reward_model_row.name}
-            funcs.append(rewards.from_model(model, tokenizer))
-    return funcs, [spec.reward_weights.get(name, 1.0) for name in spec.reward_names()], facts
-
-
 def run_grpo(spec: GRPOSpec, run: Run) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, TrainerCallback
@@ -240,7 +210,7 @@ def run_grpo(spec: GRPOSpec, run: Run) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     splits = datasets.load(data_row)
     train = splits["train"].map(lambda row: {"prompt": prompt_example(row["prompt"], tokenizer)}, keep_in_memory=True)
-    funcs, weights, facts = reward_functions(spec, run, reward_model_row)
+    funcs, weights, facts = rewards.build(spec, run.dir, reward_model_row)
     recorder = rewards.Recorder(funcs, weights, keep=ROLLOUTS_PER_STEP)
     model = load_model(spec, start, device)
     run.check_cancel()
