@@ -93,6 +93,8 @@ def test_reward_models_are_refused_where_they_cannot_go(prefs, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(10)))
     jobs.wait(jobs.submit(ImportDatasetSpec(path=str(prompts), name="prompts", format="prompt")), timeout_s=120)
+    with pytest.raises(SpecError, match="method: a reward model trains with full or lora"):
+        RewardSpec(model="base", dataset="prefs", output_name="x", method="qlora")
     with pytest.raises(SpecError, match="dataset: 'prompts' is prompt data; reward needs preference data"):
         jobs.submit(RewardSpec(model="base", dataset="prompts", output_name="x"))
     reward_model("rm", max_steps=2, eval_steps=0)
@@ -229,6 +231,22 @@ def test_grpo_with_a_reward_model_a_rule_and_a_file(prompts, home, tmp_path):
     adapter = load_file(home / out.path / "adapter_model.safetensors")
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())  # the policy moved
 
+    # the run's own rewards judge answers afterwards: its copy of the file, not the file as it is now
+    from core.evaluation.reward import EvalRewardSpec
+
+    user.write_text("def reward(prompts, completions, **kw):\n    raise RuntimeError('changed since')\n")
+    judged = jobs.wait(jobs.submit(EvalRewardSpec(model="grpo", dataset="prompts", rewards_from=job.id, split="train",
+                                                  max_samples=3, max_new_tokens=6)), timeout_s=300)
+    assert judged.status == "succeeded", f"{judged.error}\n{judged.log_tail}"
+    s = results.samples(judged.id)[0]["scores"]
+    assert s["reward"] == pytest.approx(s["model"] + s["contains"] + 0.5 * s["file"])
+    assert judged.result["reward_model"] == f"the rewards of job {job.id} (contains, file, model)"
+    assert {"mean_reward", "mean_model", "mean_contains", "mean_file"} <= set(judged.result["metrics"])
+    with pytest.raises(SpecError, match="rewards_from: job 1 is a create_model job; give a GRPO job"):
+        jobs.submit(EvalRewardSpec(model="grpo", dataset="prompts", rewards_from=1))
+    with pytest.raises(SpecError, match="reward_model: give a reward model, or rewards_from"):
+        EvalRewardSpec(model="grpo", dataset="prompts")
+
 
 def test_grpo_rule_reward_moves_the_mean_reward_up(prompts):
     from core.training.grpo import GRPOSpec
@@ -269,8 +287,27 @@ def test_ppo_against_the_tiny_reward_model(prompts, home):
     adapter = load_file(home / out.path / "adapter_model.safetensors")
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())  # the policy moved
     assert not any("v_head" in k or "score" in k for k in adapter)  # the value model is not saved with it
-    with pytest.raises(ValueError, match="ppo job: it cannot continue from a checkpoint"):
-        jobs.cancel(job.id, mode="pause")
+
+
+def test_ppo_pauses_and_resumes_where_it_stopped(prompts):
+    from conftest import wait_for
+    from core.training.common import resume
+    from core.training.ppo import PPOSpec
+
+    reward_model("rm", max_steps=2, eval_steps=0)
+    first = jobs.submit(PPOSpec(model="base", reward_model="rm", dataset="prompts", output_name="ppo", max_steps=6,
+                                batch_size=4, response_length=6, num_ppo_epochs=1, save_steps=100))
+    wait_for(lambda: jobs.get(first).progress_step >= 2, 180, what="the run to take steps")
+    assert jobs.cancel(first, mode="pause") == "stopping"
+    paused = jobs.wait(first, timeout_s=180)
+    assert paused.status == "paused", paused.log_tail
+    step = paused.result["step"]
+    assert (jobs.run_dir(first) / "checkpoints" / f"checkpoint-{step}" / "value_model" / "config.json").is_file()
+    again = jobs.wait(resume(first), timeout_s=300)
+    assert again.status == "succeeded", f"{again.error}\n{again.log_tail}"
+    assert [s for s, _ in jobs.metrics(again.id)["reward"]] == list(range(step + 1, 7))  # on to the planned 6 updates
+    assert [s for s, _ in jobs.metrics_with_history(again.id)["reward"]] == list(range(1, 7))
+    assert models.find("ppo").details["steps"] == 6
 
 
 def test_ppo_refuses_a_reward_model_of_another_tokenizer_and_eos_padding(prompts):

@@ -197,9 +197,7 @@ def load_model(spec: TrainSpec, row, device: str, reward_head: bool = False):
         )
         if device == "cuda":
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # each DDP rank its own GPU
-    if reward_head:
-        if adapter is not None and spec.method == "qlora":
-            raise BadInput(f"model: '{row.name}' is a LoRA adapter; a QLoRA reward model starts from a full model: merge it first, or use lora")
+    if reward_head:  # full or LoRA (RewardSpec refuses QLoRA)
         model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, **kwargs)
         if adapter is not None:  # the adapter's language model, merged, under the new head
             tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype), adapter).merge_and_unload()

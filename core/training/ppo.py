@@ -7,9 +7,10 @@ from the reward model) learns what to expect.
     python -m core train ppo --model SFT_MODEL --reward-model RM --dataset PROMPTS --output-name OUT --max-steps 10 --wait
 
 TRL 1.12.0 is pinned because it is the last release with PPO: this is the only
-module that imports `trl.experimental.ppo`. Its trainer cannot continue from a
-checkpoint, so a PPO run is cancelled, not paused (`resumes` is off).
-Requirements checked before launch: the reward model reads the policy's
+module that imports `trl.experimental.ppo`. Its trainer has no resume, so this
+job does it: each checkpoint also keeps the value model, and a resumed run loads
+the policy, the value model, the optimizer and the schedule from it and counts
+on from its step (the prompts are drawn afresh). Requirements checked before launch: the reward model reads the policy's
 tokenizer (the token ids go straight from one to the other) and the padding
 token differs from EOS (PPO measures an answer up to its first padding token).
 """
@@ -17,6 +18,7 @@ token differs from EOS (PPO measures an answer up to its first padding token).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,8 +30,8 @@ from core.jobs.run import BadInput, Run, store_samples
 from core.models import registry as models
 from core.spec import Ref, SpecError
 from core.training.common import (
-    TrainSpec, last_logged, load_model, make_callback, register, reproduce, result, save_policy, stopped, trainer_args,
-    write_run_record,
+    TrainSpec, checkpoint_of, last_logged, load_model, make_callback, register, reproduce, result, save_policy, stopped,
+    trainer_args, write_run_record,
 )
 from storage.db import data_home
 
@@ -58,7 +60,6 @@ class PPOSpec(TrainSpec):
     command: ClassVar[tuple[str, ...]] = ("train", "ppo")
     input_models: ClassVar[tuple[str, ...]] = ("model", "reward_model")
     dataset_formats: ClassVar[tuple[str, ...]] = ("prompt",)
-    resumes: ClassVar[bool] = False
     logged: ClassVar[dict[str, str]] = LOGGED
     panels: ClassVar[list[tuple[str, tuple[str, ...]]]] = [
         ("Reward (score minus KL penalty)", ("reward", "score")),
@@ -158,6 +159,20 @@ class _Stop(Exception):
     """Raised from a callback: TRL's PPO loop does not look at should_training_stop."""
 
 
+def _restore(spec: PPOSpec, policy, checkpoint: Path):
+    """The policy's weights and the value model of a checkpoint this job wrote."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    if spec.method != "full":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(policy, load_file(checkpoint / "adapter_model.safetensors"))
+    else:
+        policy.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)  # tied weights are saved once
+    return AutoModelForSequenceClassification.from_pretrained(checkpoint / "value_model")
+
+
 def run_ppo(spec: PPOSpec, run: Run) -> dict[str, Any]:
     import copy
 
@@ -168,8 +183,6 @@ def run_ppo(spec: PPOSpec, run: Run) -> dict[str, Any]:
 
     from core.hardware import device as current_device
 
-    if spec.resume_from_job:
-        raise BadInput("resume_from_job: a PPO run cannot continue from a checkpoint (TRL's PPO trainer has no resume); start a new one")
     start, rm_row = models.get(run.model_ids[1]), models.get(run.model_ids[2])
     data_row = datasets.get(run.dataset_ids[0])
     if data_row.format != "prompt":  # checked at submit; the row may have been replaced since
@@ -196,6 +209,11 @@ def run_ppo(spec: PPOSpec, run: Run) -> dict[str, Any]:
     reference = (reference.merge_and_unload() if spec.method != "full" else reference).eval().requires_grad_(False)
     reward_model = AutoModelForSequenceClassification.from_pretrained(data_home() / rm_row.path, num_labels=1, dtype=torch.float32)
     value_model = AutoModelForSequenceClassification.from_pretrained(data_home() / rm_row.path, num_labels=1, dtype=torch.float32)
+    resume = checkpoint_of(spec.resume_from_job) if spec.resume_from_job else None
+    done = json.loads((resume / "trainer_state.json").read_text())["global_step"] if resume else 0
+    if resume:
+        print(f"resuming from {resume} (step {done})", flush=True)
+        value_model = _restore(spec, policy, resume)
     for m in (reward_model, value_model):
         m.config.pad_token_id = tokenizer.pad_token_id
     run.check_cancel()
@@ -235,8 +253,30 @@ def run_ppo(spec: PPOSpec, run: Run) -> dict[str, Any]:
                 })
         return out
 
+    class Continue(TrainerCallback):
+        """A resumed run counts on from its step (TRL's loop starts at 0)."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            state.global_step, state.episode = done, done * args.batch_size
+
+    class Stop(TrainerCallback):
+        """What else TRL's PPO loop lacks: stopping when asked (after the
+        progress callback has seen the request), ending a resumed run where the
+        schedule ends, and a value model in every checkpoint."""
+
+        def on_step_end(self, args, state, control, **kw):
+            if callback.stopped_at is not None and not callback.pause:
+                raise _Stop()  # a pause stops after its checkpoint (on_save)
+            if done and state.global_step >= state.max_steps:
+                raise _Stop()  # a resumed run has fewer updates left than the loop makes
+
+        def on_save(self, args, state, control, **kw):
+            value_model.save_pretrained(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "value_model")
+            if callback.stopped_at is not None:
+                raise _Stop()
+
     class Rollouts(TrainerCallback):
-        """Each step's rollouts and answer length to the database; stops TRL's loop when asked."""
+        """Each step's rollouts and answer length to the database."""
 
         def on_log(self, args, state, control, logs=None, **kw):
             if rollouts and run.is_main:
@@ -244,23 +284,24 @@ def run_ppo(spec: PPOSpec, run: Run) -> dict[str, Any]:
                 run.metrics(state.global_step, {"response_length": sum(r["extra"]["tokens"] for r in rollouts) / len(rollouts)})
             rollouts.clear()
 
-        def on_step_end(self, args, state, control, **kw):
-            if callback.stopped_at is not None:
-                raise _Stop()
-
     ppo_trainer.get_reward = get_reward  # TRL calls it by its module name
     try:
         trainer = PPOTrainer(
             args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward_model,
-            value_model=value_model, train_dataset=train, callbacks=[callback, Rollouts()],
+            value_model=value_model, train_dataset=train, callbacks=[Continue(), callback, Stop(), Rollouts()],
         )
+        if resume:  # the optimizer (the value model's state too) and where the schedule stood
+            trainer.optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location="cpu", weights_only=True))
+            trainer.lr_scheduler.load_state_dict(torch.load(resume / "scheduler.pt", map_location="cpu", weights_only=True))
         if run.is_main:
             write_run_record(run, spec, trainer, start, data_row)
         print(f"rank {run.rank} of {run.world_size} training on {device}", flush=True)
+        began = time.perf_counter()
         try:
             trainer.train()
         except _Stop:
             pass
+        runtime = time.perf_counter() - began
     finally:
         ppo_trainer.get_reward = scored
     stopped(callback, run)
@@ -272,7 +313,7 @@ def run_ppo(spec: PPOSpec, run: Run) -> dict[str, Any]:
     final = last_logged(history, "objective/scores")
     facts["details"].update(reward_model={"id": rm_row.id, "name": rm_row.name}, kl_coef=spec.kl_coef, final_score=final)
     register(spec, run, trainer, facts, start, data_row, model_card(spec, start, rm_row, data_row, trainer, run.job_id))
-    return {**result(run, trainer, None), "final_score": final, "reward_model": rm_row.name}
+    return {**result(run, trainer, None), "train_runtime_s": runtime, "final_score": final, "reward_model": rm_row.name}
 
 
 def model_card(spec: PPOSpec, start, rm_row, data_row, trainer, job_id: int) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from core.data import registry as datasets
 from core.data.render import preference_example
@@ -68,6 +68,14 @@ class RewardSpec(TrainSpec):
     """Evaluate on the validation split every N steps (0: only at the end)."""
     center_rewards: float = Field(0.0, ge=0, le=1)
     """Pull the mean score towards 0 (TRL's center_rewards_coefficient; 0.01 is usual; 0: off)."""
+
+    @field_validator("method")
+    @classmethod
+    def _not_4bit(cls, value: str) -> str:
+        if value == "qlora":
+            raise ValueError("a reward model trains with full or lora: it is saved as a plain model with its score head, "
+                             "which a 4-bit base cannot give")
+        return value
 
     def model_source(self) -> tuple[str, str]:
         return "trained", f"reward model ({self.method}) on {self.dataset}"  # saved merged: a full model
