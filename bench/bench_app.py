@@ -43,7 +43,7 @@ import urllib.request
 
 import psutil
 
-from common import ROOT, record, starter_home
+from common import ROOT, publish, starter_home
 SECTION = "## With the app open (`bench/bench_app.py`)"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -322,10 +322,7 @@ def main() -> None:
         *([f"\nRounds (no app, then the page open; the table shows each way's median): page open / no app = "
            f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f})."] if args.rounds > 1 else []),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_record:
-        record(SECTION, text)
+    publish(SECTION, lines, save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,11 @@ def record(section: str, text: str) -> None:
     end = content.find("\n## ", start)
     end = len(content) if end < 0 else end
     readme.write_text(content[:end].rstrip("\n") + "\n" + text + "\n" + content[end:])
+
+
+def publish(section: str, lines: list[str], save: bool = True) -> None:
+    """Print a run's results and (unless told not to) append them to its section."""
+    text = "\n".join(lines)
+    print(text)
+    if save:
+        record(section, text)
