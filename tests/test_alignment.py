@@ -399,3 +399,25 @@ def test_a_run_is_judged_by_reward_at_every_checkpoint(prompts):
     again = reward.score(model, tokenizer, [(s["prompt"], s["output"]) for s in samples])
     assert again == pytest.approx([s["scores"]["reward"] for s in samples], abs=1e-4)
     assert job.result["metrics"]["mean_reward"] == pytest.approx(mean(again), abs=1e-4)
+
+
+def test_dpo_grpo_and_ppo_train_a_qlora_adapter(prompts, home):
+    from core.hardware import qlora_unavailable
+    from core.training.dpo import DPOSpec
+    from core.training.grpo import GRPOSpec
+    from core.training.ppo import PPOSpec
+
+    if why := qlora_unavailable():
+        pytest.skip(f"QLoRA cannot run on this machine: {why}")
+    reward_model("rm", max_steps=1, eval_steps=0)
+    for spec in (
+        DPOSpec(model="base", dataset="prefs", output_name="q-dpo", method="qlora", max_steps=2),
+        GRPOSpec(model="base", dataset="prompts", output_name="q-grpo", method="qlora", contains=["k"], max_steps=2,
+                 batch_size=4, num_generations=4, max_completion_length=6),
+        PPOSpec(model="base", reward_model="rm", dataset="prompts", output_name="q-ppo", method="qlora", max_steps=2,
+                batch_size=4, response_length=6, num_ppo_epochs=1),
+    ):
+        job = jobs.wait(jobs.submit(spec), timeout_s=300)
+        assert job.status == "succeeded", f"{spec.kind}: {job.error}\n{job.log_tail}"
+        out = models.find(spec.output_name)
+        assert out.source == "adapter" and (home / out.path / "adapter_model.safetensors").is_file(), spec.kind
