@@ -23,6 +23,7 @@ of the platform reads the traits, never a kind's name:
     trains           a training run: DDP processes, training charts
     resumes          a pause writes a checkpoint the run continues from
     reward_functions its spec sets up reward functions (core/rewards.py)
+    aligns           an alignment method: the RLHF page offers it under this label
     service          runs until stopped and takes no job slot
     busy             what an active job means for the models it reads
     input_models     fields that name models the job reads
@@ -109,6 +110,8 @@ class Spec(BaseModel):
     # its spec sets up reward functions (core/rewards.py: reward_names() and their
     # settings), which a reward evaluation can score with (rewards_from)
     reward_functions: ClassVar[bool] = False
+    # an alignment method: offered on the RLHF page under this label
+    aligns: ClassVar[str] = ""
     service: ClassVar[bool] = False
     # short and small (an import, a tiny model): its own lane beside a training
     # run instead of the queue behind it (is_light() may look at the fields)

@@ -289,19 +289,25 @@ def test_ppo_against_the_tiny_reward_model(prompts, home):
     assert not any("v_head" in k or "score" in k for k in adapter)  # the value model is not saved with it
 
 
-def test_ppo_pauses_and_resumes_where_it_stopped(prompts):
+def paused_after_two_steps(job_id: int) -> int:
+    """Pause a run once it has taken 2 steps; the step its checkpoint holds."""
     from conftest import wait_for
+
+    wait_for(lambda: jobs.get(job_id).progress_step >= 2, 180, what="the run to take steps")
+    assert jobs.cancel(job_id, mode="pause") == "stopping"
+    paused = jobs.wait(job_id, timeout_s=180)
+    assert paused.status == "paused", paused.log_tail
+    return paused.result["step"]
+
+
+def test_ppo_pauses_and_resumes_where_it_stopped(prompts):
     from core.training.common import resume
     from core.training.ppo import PPOSpec
 
     reward_model("rm", max_steps=2, eval_steps=0)
     first = jobs.submit(PPOSpec(model="base", reward_model="rm", dataset="prompts", output_name="ppo", max_steps=6,
                                 batch_size=4, response_length=6, num_ppo_epochs=1, save_steps=100))
-    wait_for(lambda: jobs.get(first).progress_step >= 2, 180, what="the run to take steps")
-    assert jobs.cancel(first, mode="pause") == "stopping"
-    paused = jobs.wait(first, timeout_s=180)
-    assert paused.status == "paused", paused.log_tail
-    step = paused.result["step"]
+    step = paused_after_two_steps(first)
     assert (jobs.run_dir(first) / "checkpoints" / f"checkpoint-{step}" / "value_model" / "config.json").is_file()
     again = jobs.wait(resume(first), timeout_s=300)
     assert again.status == "succeeded", f"{again.error}\n{again.log_tail}"
@@ -335,11 +341,7 @@ def test_grpo_pauses_and_resumes_with_the_reward_curve_going_on(prompts):
 
     first = jobs.submit(GRPOSpec(model="base", dataset="prompts", output_name="long", contains=["k"], max_steps=500,
                                  batch_size=4, num_generations=4, max_completion_length=6, save_steps=1000))
-    wait_for(lambda: jobs.get(first).progress_step >= 2, 180, what="the run to take steps")
-    assert jobs.cancel(first, mode="pause") == "stopping"
-    paused = jobs.wait(first, timeout_s=180)
-    assert paused.status == "paused", paused.log_tail
-    step = paused.result["step"]
+    step = paused_after_two_steps(first)
     again = resume(first)
     wait_for(lambda: len(jobs.metrics(again).get("reward", [])) >= 2, 180, what="the resumed run to log")
     jobs.cancel(again)

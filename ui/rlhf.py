@@ -12,20 +12,13 @@ from core.data import registry as datasets
 from core.evaluation import results as samples_store
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
+from core.kinds import KINDS, spec_class, traits
 from core.spec import Spec, SpecError
-from core.training.dpo import DPOSpec
 from core.training.grpo import GRPOSpec
-from core.training.ppo import PPOSpec
-from core.training.reward import RewardSpec
 from ui import forms
 
-SPECS: dict[str, type[Spec]] = {"reward": RewardSpec, "ppo": PPOSpec, "dpo": DPOSpec, "grpo": GRPOSpec}
-LABELS = {
-    "reward": "Reward model",
-    "ppo": "PPO (prompts + a reward model)",
-    "dpo": "DPO (preference pairs, no reward model)",
-    "grpo": "GRPO (prompts + reward functions)",
-}
+SPECS: dict[str, type[Spec]] = {kind: spec_class(kind) for kind in KINDS if traits(kind).aligns}
+LABELS = {kind: cls.aligns for kind, cls in SPECS.items()}
 PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
 # shown by the form itself; the rest of a kind's fields go under Advanced
 SHOWN = {
@@ -174,8 +167,6 @@ def _try_file(path: str, dataset: str) -> None:
 
 def rollouts(job) -> None:
     """A PPO or GRPO run's rollouts, browsable by step; the 'nothing to learn' warning."""
-    from core.kinds import traits
-
     if "frac_equal_rewards" in {n for _, names in traits(job.kind).panels for n in names}:
         recent = [v for _, v in (jobs.metrics(job.id).get("frac_equal_rewards") or [])][-5:]
         if recent and sum(recent) / len(recent) > EQUAL_REWARDS_WARNING:
@@ -200,11 +191,10 @@ def before_after(job) -> None:
     each scored by a reward model, side by side (two reward evaluations)."""
     from core.evaluation import reward as reward_eval
 
-    if job.status != "succeeded" or not (job.result or {}).get("model_id") or job.kind == RewardSpec.kind:
-        return
+    made = (job.result or {}).get("model_id")
+    if job.status != "succeeded" or not made or models.is_reward_model(models.get(made)):
+        return  # a reward model scores answers; it writes none
     st.subheader("Before and after")
-    from core.kinds import traits
-
     judges: dict[str, dict[str, Any]] = {}
     if traits(job.kind).reward_functions:
         judges["this run's own rewards"] = {"rewards_from": job.id}

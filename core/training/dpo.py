@@ -53,6 +53,7 @@ class DPOSpec(TrainSpec):
 
     kind: ClassVar[str] = "dpo"
     command: ClassVar[tuple[str, ...]] = ("train", "dpo")
+    aligns: ClassVar[str] = "DPO (preference pairs, no reward model)"
     dataset_formats: ClassVar[tuple[str, ...]] = ("preference",)
     logged: ClassVar[dict[str, str]] = LOGGED
     panels: ClassVar[list[tuple[str, tuple[str, ...]]]] = [

@@ -55,6 +55,7 @@ class GRPOSpec(TrainSpec):
 
     kind: ClassVar[str] = "grpo"
     command: ClassVar[tuple[str, ...]] = ("train", "grpo")
+    aligns: ClassVar[str] = "GRPO (prompts + reward functions)"
     input_models: ClassVar[tuple[str, ...]] = ("model", "reward_model")
     dataset_formats: ClassVar[tuple[str, ...]] = ("prompt",)
     reward_functions: ClassVar[bool] = True

@@ -58,6 +58,7 @@ class PPOSpec(TrainSpec):
 
     kind: ClassVar[str] = "ppo"
     command: ClassVar[tuple[str, ...]] = ("train", "ppo")
+    aligns: ClassVar[str] = "PPO (prompts + a reward model)"
     input_models: ClassVar[tuple[str, ...]] = ("model", "reward_model")
     dataset_formats: ClassVar[tuple[str, ...]] = ("prompt",)
     logged: ClassVar[dict[str, str]] = LOGGED

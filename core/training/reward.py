@@ -45,6 +45,7 @@ class RewardSpec(TrainSpec):
 
     kind: ClassVar[str] = "reward"
     command: ClassVar[tuple[str, ...]] = ("train", "reward")
+    aligns: ClassVar[str] = "Reward model"
     dataset_formats: ClassVar[tuple[str, ...]] = ("preference",)
     logged: ClassVar[dict[str, str]] = LOGGED
     panels: ClassVar[list[tuple[str, tuple[str, ...]]]] = [
