@@ -1,6 +1,6 @@
 """Dashboard: counts, running jobs with live progress, recent activity, the machine.
 
-    streamlit run Home.py
+    bash scripts/start.sh   (streamlit run app.py: these pages and their live API)
 """
 
 import streamlit as st

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.jobs import lifecycle as jobs
-from ui import common
+from ui import common, live
 
 common.setup_page("Jobs", "work_history")
 st.title("Jobs")
@@ -22,14 +22,18 @@ chosen = st.selectbox("Job", list(by_id), format_func=lambda i: common.job_label
 
 
 # the table is redrawn when a job starts or ends (the live panel above reruns the
-# page then; it shows the running jobs' progress every second)
+# page then; it shows the running jobs' progress as they move)
 common.jobs_table(rows, key="jobs_table")
 
 
-@st.fragment(run_every=1.0 if jobs.get(chosen).status in jobs.ACTIVE else None)
+@st.fragment
 def details() -> None:
-    """Live while the chosen job is active; its chart is rebuilt only on new points."""
-    common.job_details(jobs.get(chosen))
+    """Live while the chosen job is active (rerun when it moves); its chart is
+    rebuilt only on new points."""
+    job = jobs.get(chosen)
+    if job.status in jobs.ACTIVE:
+        live.follow(chosen)
+    common.job_details(job)
 
 
 details()

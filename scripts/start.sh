@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (first time) and launch the app:   bash scripts/start.sh
-# Creates .venv, installs the exact pins, then runs `streamlit run Home.py`.
+# Creates .venv, installs the exact pins, then runs `streamlit run app.py` (the pages and their live API).
 # Extra arguments go to streamlit, e.g. `bash scripts/start.sh --server.port 8502`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +17,4 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --no-deps -r requirements-starter.txt
   touch "$stamp"
 fi
-exec .venv/bin/streamlit run Home.py "$@"
+exec .venv/bin/streamlit run app.py "$@"

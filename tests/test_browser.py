@@ -1,7 +1,8 @@
 """Real browser: headless Debian Chromium driven by Playwright against a real
-`streamlit run Home.py` server. Creates a tiny model from the Models page, sees
-its job succeed and the model listed; then restarts the server and sees the
-state come back from the database, and the dashboard follow a job live."""
+`streamlit run app.py` server (the pages and their live API). Creates a tiny
+model from the Models page, sees its job succeed and the model listed; then
+restarts the server and sees the state come back from the database, and the
+dashboard follow a job live."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
+import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,7 +50,7 @@ def free_port() -> int:
 
 def start_server(port: int) -> subprocess.Popen:
     cmd = [
-        sys.executable, "-m", "streamlit", "run", "Home.py",
+        sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
         "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
     ]
@@ -121,14 +124,28 @@ def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
         expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
         expect(page.get_by_text("python -m core models create --name browser-tiny")).to_be_visible()
         expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
+        polls, reruns = [], []
+        page.on("request", lambda r: polls.append(r.url) if "/api/live" in r.url else None)
+        page.on("websocket", lambda ws: ws.on("framesent", lambda frame: reruns.append(frame)))
         page.goto(f"http://127.0.0.1:{port}/")
         expect(page.get_by_test_id("stMetric").filter(has_text="Models").first).to_contain_text("1")
         expect(page.get_by_text("Model 'browser-tiny' is ready")).to_be_visible()
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+
+        # an idle page asks the server what changed about once a second and does
+        # not rerun (not even every 10 s: no elapsed time is shown), so nothing is
+        # re-sent to the browser while nothing moves
+        page.wait_for_timeout(1000)  # (Playwright's events arrive while it waits)
+        polls.clear(), reruns.clear()
+        page.wait_for_timeout(11_000)
+        assert len(polls) >= 8 and reruns == [], (polls, reruns)
+        assert_live_api(port)
 
         # a job started elsewhere (here: this test process) shows up on the open
         # dashboard, moves, and ends there, with no reload
         job_id = jobs.submit(CreateModelSpec(name="from-elsewhere", arch="llama", size="small"))
         expect(page.get_by_test_id("stProgress").filter(has_text=f"#{job_id} Create llama (small)")).to_be_visible()
+        assert reruns  # the panel asked for its rerun (the frames counted above are those requests)
         page.screenshot(path=str(ARTIFACTS / "dashboard-running.png"), full_page=True)
         assert jobs.wait(job_id, timeout_s=120).status == "succeeded"
         expect(page.get_by_text("No job is running.")).to_be_visible()
@@ -137,6 +154,25 @@ def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
     finally:
         stop_server(server)
     assert [m.name for m in models.list_models()] == ["browser-tiny", "from-elsewhere"]
+
+
+def assert_live_api(port: int) -> None:
+    """GET /api/live over HTTP answers the state the pages draw from (ui.live),
+    and refuses a bad job id with the reason."""
+    from ui import live
+
+    def get(query: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/live{query}", timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert get("") == (200, {"state": live.state()})
+    assert get("?job=1") == (200, {"state": live.state(1)})
+    assert live.state(1) != live.state()
+    assert get("?job=one") == (400, {"error": "job must be a job id (a number), not 'one'"})
+    assert get("?job=99") == (404, {"error": "there is no job 99"})
 
 
 def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):

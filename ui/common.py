@@ -21,7 +21,7 @@ from core.models import starter
 from core.format import human_bytes, human_count, human_seconds
 from core.kinds import traits
 from storage.db import database_url, get_engine
-from ui import forms
+from ui import forms, live
 
 STATUS_ICONS = {
     "queued": ":material/schedule:",
@@ -94,37 +94,19 @@ def progress_line(job) -> None:
     st.progress(p.fraction or 0.0, text=text)
 
 
-def jobs_signature() -> tuple:
-    """Changes whenever a job is queued, starts or ends."""
-    active = tuple(sorted(j.id for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE))
-    return active, tuple(sorted(jobs.counts_by_status().items()))
-
-
-def jobs_watcher() -> Callable[[], None]:
-    """For a live fragment: call what this returns at the start of each fragment
-    run. It notices lost workers and starts queued jobs (jobs.refresh), and reruns
-    the whole page when a job is queued, starts or ends since the page ran, so
-    counts, tables and lists follow."""
-    seen = jobs_signature()
-
-    def check() -> None:
-        jobs.refresh()
-        if jobs_signature() != seen:
-            st.rerun()
-
-    return check
-
-
 def live_jobs_panel() -> None:
-    """Running and queued jobs, refreshed on their own (a fragment: the rest of the page reruns only when a
-    job is queued, starts or ends). setup_page has already refreshed the job
+    """Running and queued jobs, redrawn on their own when one of them moves (a
+    fragment that ui.live reruns: the rest of the page reruns only when a job
+    is queued, starts or ends). setup_page has already refreshed the job
     states for this run."""
-    watch = jobs_watcher()
+    watch = live.jobs_watcher()
 
-    @st.fragment(run_every=1.0 if any(j.status in jobs.ACTIVE for j in jobs.list_jobs(limit=50)) else 2.0)
+    @st.fragment
     def panel() -> None:
         watch()
         active = [j for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE]
+        # reruns this panel when a job moves (and for its ETA), the page when one starts or ends
+        live.follow(refresh_s=10.0 if active else 0)
         if not active:
             st.caption("No job is running.")
             return
@@ -135,8 +117,8 @@ def live_jobs_panel() -> None:
 
 
 def live_figure(job_id: int, key: str, build: Callable[[dict], Any], every_s: float = 0.0) -> tuple[dict, Any]:
-    """(metric series, figure) of a job for a panel that refreshes every second:
-    both are rebuilt only when a new metric point arrived (core.jobs.lifecycle.
+    """(metric series, figure) of a job for a live panel, which reruns whenever
+    its job moves: both are rebuilt only when a new metric point arrived (core.jobs.lifecycle.
     metrics_signature), and while the job runs at most once per `every_s`;
     otherwise the figure built last time is sent again (the browser redraws a
     changed chart from scratch: that, not the server, is what a live chart costs)."""

@@ -15,7 +15,7 @@ from core.models import registry as models
 from core.kinds import traits
 from core.spec import SpecError
 from core.training.sft import PRESETS, SFTSpec
-from ui import common, forms
+from ui import common, forms, live
 
 PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
 
@@ -104,9 +104,6 @@ def follow(tab_key: str = "train_tab", pick_key: str = "train_pick") -> None:
         st.session_state[pick_key] = job_id
 
 
-LIVE_EVERY_S = 1.5
-"""A live run panel refreshes this often. Each refresh costs the browser work in
-proportion to what the page shows, taken from the job's cores (bench/README.md)."""
 MORE_CHARTS_EVERY_S = 30.0
 """While a run is live, the panels beyond the loss are redrawn at most this often."""
 
@@ -126,18 +123,20 @@ def _resumed_at(job_id: int) -> list[int]:
 def run_panel(job_id: int) -> bool:
     """One training run, live: progress, charts (with the runs it resumed),
     controls, and the other active jobs. Returns whether it is live; a live
-    panel is the page's only refreshing part (it reruns the page when a job
-    starts or ends), so the page draws no separate jobs panel."""
+    panel is the page's only refreshing part (it reruns when its run takes a
+    step or logs a point, and reruns the page when a job starts or ends), so the
+    page draws no separate jobs panel."""
     job = jobs.get(job_id)
-    live = job.status in jobs.ACTIVE
-    watch = common.jobs_watcher()
+    active = job.status in jobs.ACTIVE
+    watch = live.jobs_watcher()
 
-    @st.fragment(run_every=LIVE_EVERY_S if live else None)
+    @st.fragment
     def panel() -> None:
         if "follow_run" in st.session_state:  # Resume (a button in here): the whole page follows
             st.rerun()
-        if live:
+        if active:
             watch()
+            live.follow(job_id)
             for other in jobs.list_jobs(limit=50):
                 if other.status in jobs.ACTIVE and other.id != job_id:
                     common.progress_line(other)
@@ -155,15 +154,12 @@ def run_panel(job_id: int) -> bool:
         series, chart = common.live_figure(job_id, f"train_live_{job_id}", lambda s: charts.live_chart(s, panels[0], _resumed_at(job_id)))
         main = series.get(panels[0][1][0]) or []
         cols[4].metric(panels[0][1][0].replace("_", " ").capitalize(), f"{main[-1][1]:.3f}" if main else "-")
-        if live:  # text: a progress bar costs the browser at every refresh (bench/README.md)
-            st.caption(f"{p.fraction or 0:.0%} · {p.message}")
-        else:
-            st.progress(p.fraction or 0.0, text=p.message)
+        st.progress(p.fraction or 0.0, text=p.message)
         if job.error:
             (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error or ""))
         if chart is not None:
             st.vega_lite_chart(chart[0], chart[1], key=f"train_live_{job_id}")
-            shown = not live or st.toggle(
+            shown = not active or st.toggle(
                 f"All charts: {', '.join(t.lower() for t, _ in panels[1:])}", key=f"train_more_on_{job_id}",
                 help=f"Redrawn every {MORE_CHARTS_EVERY_S:.0f} s while the run is live (each redraw costs the browser, "
                 "and so the job, about a quarter of a core-second here); all shown when it ends.",
@@ -180,7 +176,7 @@ def run_panel(job_id: int) -> bool:
         controls(job)
 
     panel()
-    return live
+    return active
 
 
 def controls(job) -> None:
