@@ -104,6 +104,10 @@ def follow(tab_key: str = "train_tab", pick_key: str = "train_pick") -> None:
         st.session_state[pick_key] = job_id
 
 
+LIVE_REFRESH_S = 30.0
+"""A live run panel reruns when its run takes a step or logs a point, else after
+this long (for the elapsed time). Each rerun costs the browser, and so the job,
+CPU (bench/README.md, "With the app open")."""
 MORE_CHARTS_EVERY_S = 30.0
 """While a run is live, the panels beyond the loss are redrawn at most this often."""
 
@@ -136,7 +140,7 @@ def run_panel(job_id: int) -> bool:
             st.rerun()
         if active:
             watch()
-            live.follow(job_id)
+            live.follow(job_id, refresh_s=LIVE_REFRESH_S)
             for other in jobs.list_jobs(limit=50):
                 if other.status in jobs.ACTIVE and other.id != job_id:
                     common.progress_line(other)
@@ -154,7 +158,10 @@ def run_panel(job_id: int) -> bool:
         series, chart = common.live_figure(job_id, f"train_live_{job_id}", lambda s: charts.live_chart(s, panels[0], _resumed_at(job_id)))
         main = series.get(panels[0][1][0]) or []
         cols[4].metric(panels[0][1][0].replace("_", " ").capitalize(), f"{main[-1][1]:.3f}" if main else "-")
-        st.progress(p.fraction or 0.0, text=p.message)
+        if active:  # text: a progress bar costs the browser at each rerun (bench/README.md)
+            st.caption(f"{p.fraction or 0:.0%} · {p.message}")
+        else:
+            st.progress(p.fraction or 0.0, text=p.message)
         if job.error:
             (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error or ""))
         if chart is not None:
