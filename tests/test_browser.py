@@ -6,12 +6,12 @@ dashboard follow a job live."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path

@@ -65,10 +65,15 @@ export default function ({ data, parentElement, setTriggerValue }) {
 _component = st.components.v2.component("llmdev_live", js=_JS)
 
 
-def jobs_signature() -> tuple:
-    """Changes whenever a job is queued, starts or ends."""
-    active = tuple(sorted(j.id for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE))
-    return active, tuple(sorted(jobs.counts_by_status().items()))
+def _active() -> list:
+    return [j for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE]
+
+
+def jobs_signature(active: Optional[list] = None) -> tuple:
+    """Changes whenever a job is queued, starts or ends (`active`: the active
+    jobs, when the caller has them already)."""
+    ids = tuple(sorted(j.id for j in (_active() if active is None else active)))
+    return ids, tuple(sorted(jobs.counts_by_status().items()))
 
 
 def jobs_watcher() -> Callable[[], None]:
@@ -90,8 +95,8 @@ def state(job_id: Optional[int] = None) -> str:
     """What a live panel is drawn from, as a short hash: the jobs queued, running
     and ended, each active job's step and message, and the watched job's status,
     step, message and metric points."""
-    active = [j for j in jobs.list_jobs(limit=50) if j.status in jobs.ACTIVE]
-    parts: list = [jobs_signature(), [(j.id, j.status, j.progress_step, j.progress_total, j.progress_message, j.cancel_requested_at is not None) for j in active]]
+    active = _active()
+    parts: list = [jobs_signature(active), [(j.id, j.status, j.progress_step, j.progress_total, j.progress_message, j.cancel_requested_at is not None) for j in active]]
     if job_id is not None:
         job = jobs.get(job_id)
         parts.append((job.status, job.progress_step, job.progress_message, jobs.metrics_signature(job_id)))
