@@ -84,6 +84,25 @@ _OUT_RENAMES = (
 )
 
 
+def _dynamic_shapes(sample: dict[str, Any]) -> Any:
+    """Batch and length axes symbolic, the rest fixed: [batch, seq] for the ids
+    and the mask, [batch, heads, length, head_dim] with heads and head_dim fixed
+    for each cache tensor (so the graph states them, and export is faster)."""
+    from torch.export import Dim
+    from transformers.exporters.exporter_dynamo import get_auto_dynamic_shapes
+
+    def keep(spec):
+        if isinstance(spec, dict) and set(spec) == {0, 1, 2, 3}:
+            return {0: Dim.AUTO, 2: Dim.AUTO}
+        if isinstance(spec, (list, tuple)):
+            return type(spec)(keep(s) for s in spec)
+        if isinstance(spec, dict) and all(isinstance(k, str) for k in spec):
+            return {k: keep(v) for k, v in spec.items()}
+        return spec
+
+    return keep(get_auto_dynamic_shapes(sample))
+
+
 def _rename(values, rules) -> None:
     for value in values:
         for pattern, template in rules:
@@ -105,7 +124,7 @@ def export_decoder(model, out_dir: Path, opset: Optional[int] = None) -> dict[st
 
     shape = cache_shape(model)
     sample = _sample(model, shape)
-    program, _ = OnnxExporter().export_program(model, copy.deepcopy(sample), OnnxConfig(dynamic=True, opset_version=opset))
+    program, _ = OnnxExporter().export_program(model, copy.deepcopy(sample), OnnxConfig(dynamic=True, dynamic_shapes=_dynamic_shapes(sample), opset_version=opset))
     graph = program.graph
     _rename(graph.inputs, _RENAMES)
     _rename(graph.outputs, _OUT_RENAMES)
