@@ -6,7 +6,7 @@ command a job shows is the same command with the same flags.
     python -m core train SPEC.yaml [--wait]                  the same, kind sft by default
     python -m core train sft|reward|dpo|grpo|ppo --model M --dataset D --output-name OUT [--max-steps N ...] [--wait]
     python -m core train resume JOB_ID [--wait]
-    python -m core models create|add-starter|import|merge ... [--wait] [--json]
+    python -m core models create|add-starter|import ... [--wait] [--json]
     python -m core models list|show MODEL [--json]
     python -m core models rename MODEL NEW_NAME
     python -m core models delete MODEL --yes
@@ -19,6 +19,9 @@ command a job shows is the same command with the same flags.
     python -m core eval results [--json]
     python -m core eval samples JOB_ID [--step N] [--json]
     python -m core eval rubric list|show NAME|save NAME --file F [--scale-min 1 --scale-max 5]
+    python -m core export merge|onnx --model NAME --name OUT [--int8] [--int4] [--wait] [--json]
+    python -m core export list|show EXPORT [--json]
+    python -m core export delete EXPORT --yes
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
     python -m core jobs cancel|pause ID [--wait]
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.data import registry as datasets
+from core.export import registry as exports
 from core.format import human_bytes, human_count
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
@@ -112,7 +116,10 @@ def _started(job_id: int, wait: bool, as_json: bool) -> int:
     code = _wait_and_report(job_id) if wait else 0
     if as_json:
         job = jobs.get(job_id)
-        _print_json({"job_id": job_id, "status": job.status, "error": job.error, **(job.result or {})})
+        record = {"job_id": job_id, "status": job.status, "error": job.error, **(job.result or {})}
+        if record.get("export_id") and exports.get_or_none(record["export_id"]) is not None:
+            record["export"] = exports.export_dict(exports.get_or_none(record["export_id"]))
+        _print_json(record)
     else:
         print(job_id)
     return code
@@ -265,6 +272,37 @@ def data_delete(args) -> int:
 
 
 # --- training -------------------------------------------------------------------------
+
+
+# --- exports -----------------------------------------------------------------------------
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    checks = row["verification"]
+    if not checks:
+        return "-"
+    return ", ".join(f"{p} {'ok' if c.get('ok') else 'OUTSIDE TOLERANCE'}" for p, c in checks.items())
+
+
+def export_list(args) -> int:
+    rows = [exports.export_dict(r) for r in exports.list_exports()]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        r["size"] = human_bytes(r["size_bytes"]) if r["size_bytes"] else "-"
+        r["verified"] = _verdict(r)
+    print(_table(rows, ["id", "name", "format", "status", "model", "size", "verified"]))
+    return 0
+
+
+def export_show(args) -> int:
+    _print_record(exports.export_dict(exports.find(args.export)), args.json)
+    return 0
+
+
+def export_delete(args) -> int:
+    return _delete("export", exports.find(args.export), exports.delete, args.yes)
 
 
 def load_spec_file(path: str, default_kind: str = "") -> Spec:
@@ -516,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         "data": top.add_parser("data", help="import, list and manage data sets"),
         "train": top.add_parser("train", help="train a model (SPEC.yaml, a kind, or resume a run)"),
         "eval": top.add_parser("eval", help="evaluate models; results, samples, judge rubrics"),
+        "export": top.add_parser("export", help="merge adapters; export to ONNX and Triton; list exports"),
         "jobs": top.add_parser("jobs", help="watch and control jobs"),
     }
     verbs = {noun: parser.add_subparsers(dest="verb", required=True) for noun, parser in nouns.items()}
@@ -607,6 +646,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale-min", type=int, default=1)
     c.add_argument("--scale-max", type=int, default=5)
     c.set_defaults(func=eval_rubric)
+
+    x = verbs["export"]
+    c = x.add_parser("list", help="all exports with their size and verification")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=export_list)
+    c = x.add_parser("show", help="one export: settings, verification numbers, files, lineage")
+    c.add_argument("export", help="id or name")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=export_show)
+    c = x.add_parser("delete", help="delete an export and its files")
+    c.add_argument("export")
+    c.add_argument("--yes", action="store_true", help="confirm")
+    c.set_defaults(func=export_delete)
 
     j = verbs["jobs"]
     c = j.add_parser("list")

@@ -21,6 +21,7 @@ from core.evaluation.lm_eval import EvalLmEvalSpec, run_eval_lm_eval
 from core.evaluation.perplexity import EvalPerplexitySpec, run_eval_perplexity
 from core.evaluation.reward import EvalRewardSpec, run_eval_reward
 from core.export.merge import MergeAdapterSpec, run_merge_adapter
+from core.export.onnx import ExportOnnxSpec, run_export_onnx
 from core.jobs.run import Run
 from core.models.create import CreateModelSpec, run_create_model
 from core.models.importer import ImportModelSpec, run_import_model
@@ -51,6 +52,7 @@ KINDS: dict[str, Kind] = {
         Kind(GRPOSpec, run_grpo),
         Kind(PPOSpec, run_ppo),
         Kind(MergeAdapterSpec, run_merge_adapter),
+        Kind(ExportOnnxSpec, run_export_onnx),
         Kind(EvalPerplexitySpec, run_eval_perplexity),
         Kind(EvalGenerationSpec, run_eval_generation),
         Kind(EvalJudgeSpec, run_eval_judge),

@@ -25,6 +25,7 @@ of the platform reads the traits, never a kind's name:
     reward_functions its spec sets up reward functions (core/rewards.py)
     aligns           an alignment method: the RLHF page offers it under this label
     service          runs until stopped and takes no job slot
+    export_format    what an export job makes: "onnx" or "triton" (its row's format)
     busy             what an active job means for the models it reads
     input_models     fields that name models the job reads
     input_datasets   fields that name data sets the job reads
@@ -113,6 +114,7 @@ class Spec(BaseModel):
     # an alignment method: offered on the RLHF page under this label
     aligns: ClassVar[str] = ""
     service: ClassVar[bool] = False
+    export_format: ClassVar[str] = ""
     # short and small (an import, a tiny model): its own lane beside a training
     # run instead of the queue behind it (is_light() may look at the fields)
     light: ClassVar[bool] = False

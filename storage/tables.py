@@ -95,6 +95,34 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Export(Base):
+    """A model taken out of the platform in another form (an ONNX graph, a Triton
+    model repository), with the settings it was made with and its verification."""
+
+    __tablename__ = "exports"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    # onnx | triton
+    format: Mapped[str] = mapped_column(String(20))
+    # creating | available
+    status: Mapped[str] = mapped_column(String(20), default="creating")
+    # the model exported (kept when the model is deleted: the export stands alone)
+    model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"), nullable=True)
+    # folder relative to the data home, e.g. "exports/3"
+    path: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    # the spec's fields (quantisation, opset, ...)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # per graph (fp32, int8, int4): its numbers against PyTorch and whether they are within tolerance
+    verification: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # graph facts, files and sizes, lineage, library versions
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Job(Base):
     """One long action: a typed spec (runs/<id>/spec.json) and its live state."""
 

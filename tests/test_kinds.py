@@ -38,6 +38,7 @@ EXAMPLES: dict[str, dict] = {
     "ppo": dict(model="sft", dataset="prompts", reward_model="rm", output_name="o", kl_coef=0.1, num_ppo_epochs=2,
                 response_length=16, pad_token="<|pad|>", missing_eos_penalty=0.5),
     "merge_adapter": dict(model="an adapter", output_name="merged one"),
+    "export_onnx": dict(model="m", output_name="m onnx", int8=True, int4=True, opset=20, verify_steps=8),
     "eval_perplexity": dict(model="m", dataset="d", split="train", max_length=64, stride=16, checkpoints=True),
     "eval_generation": dict(model="m", dataset="d", temperature=0.7, top_p=0.9, seed=5, max_samples=0),
     "eval_judge": dict(model="m", dataset="d", judge_url="http://127.0.0.1:9/v1", judge_api_key="sekrit", rubric="strict"),
@@ -82,9 +83,10 @@ def test_traits_are_consistent(kind):
     fields = set(cls.model_fields)
     assert set(cls.input_models) <= fields and set(cls.input_datasets) <= fields
     assert set(cls.positional) <= fields and set(cls.flags) <= fields and set(cls.secrets) <= fields
-    assert cls.command and cls.command[0] in ("models", "data", "train", "eval")
-    if cls.output in ("model", "dataset"):
+    assert cls.command and cls.command[0] in ("models", "data", "train", "eval", "export")
+    if cls.output in ("model", "dataset", "export"):
         assert cls.output_field in fields
+    assert bool(cls.export_format) == (cls.output == "export")
     if cls.output == "model":  # it says where its weights come from
         source, _ = cls(**EXAMPLES[kind]).model_source()
         assert source in ("starter", "hub", "local", "scratch", "trained", "adapter")

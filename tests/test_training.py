@@ -4,6 +4,8 @@ QLoRA; pause and resume; merge; the YAML command line."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -145,7 +147,7 @@ def test_merge_adapter_gives_the_same_logits(tiny, home):
     # what cannot work is refused before a job starts, saying what to do instead
     with pytest.raises(SpecError, match="model: 'base' is a scratch model, not a LoRA adapter"):
         jobs.submit(MergeAdapterSpec(model="base", output_name="nothing"))
-    with pytest.raises(SpecError, match="model: 'adapter' is a LoRA adapter: train from a full model .* models merge adapter"):
+    with pytest.raises(SpecError, match="model: 'adapter' is a LoRA adapter: train from a full model .* export merge --model adapter"):
         jobs.submit(SFTSpec(model="adapter", dataset="facts", output_name="nothing"))
     merged_job = jobs.wait(jobs.submit(MergeAdapterSpec(model="adapter", output_name="merged")), timeout_s=120)
     assert merged_job.status == "succeeded", merged_job.log_tail
@@ -158,6 +160,22 @@ def test_merge_adapter_gives_the_same_logits(tiny, home):
     with torch.no_grad():
         assert torch.allclose(with_adapter(ids).logits, plain(ids).logits, atol=1e-4)
     assert "LoRA" not in json.dumps(merged.details)
+    assert merged.details["merged_from"]["max_abs_logit_diff"] < 1e-4
+    folder = home / merged.path
+    assert {"generation_config.json", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert "Lineage: base (scratch" in (folder / "README.md").read_text()
+    # it loads with plain transformers in a clean interpreter and computes the same logits
+    code = (
+        "import sys, json, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval(); AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "print(json.dumps(m(torch.tensor([[5, 6, 7, 8]])).logits[0, -1].tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    with torch.no_grad():
+        want = with_adapter(ids).logits[0, -1]
+    assert torch.allclose(torch.tensor(json.loads(out.stdout)), want, atol=1e-4)
 
 
 def test_bad_training_specs_are_refused_before_anything_runs(tiny, tmp_path):

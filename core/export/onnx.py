@@ -1,5 +1,7 @@
-"""A causal LM as one ONNX decoder graph with its KV cache, and that graph run
-with onnxruntime.
+"""A causal LM as one ONNX decoder graph with its KV cache, verified against
+PyTorch; the graph run with onnxruntime; the `export_onnx` job kind.
+
+    python -m core export onnx --model NAME --name OUT [--int8] [--int4] [--wait] [--json]
 
 transformers' own exporter (`transformers.exporters.OnnxExporter`: torch.export,
 then torch.onnx with its fixes for attention and masks) traces the model on a
@@ -21,13 +23,27 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
+from pydantic import Field
+
+from core.jobs.run import BadInput, Run
+from core.models import registry as models
+from core.spec import Name, Ref, Spec, SpecError
 
 GRAPH = "model.onnx"
 INPUTS = ("input_ids", "attention_mask", "position_ids")
+# model types whose export is tested (tests/test_export_onnx.py); others are refused before launch
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2")
+# each graph's file, by precision
+GRAPHS = {"fp32": GRAPH, "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
+# an fp32 graph is within tolerance when its logits are this close to PyTorch's and
+# greedy decoding matches; a quantised one when it picks PyTorch's token this often
+FP32_MAX_ABS = 1e-3
+QUANTISED_AGREEMENT = 0.9
 
 
 @dataclass(frozen=True)
@@ -170,3 +186,216 @@ class OrtDecoder:
         feed.update({f"past_key_values.{i // 2}.{'key' if i % 2 == 0 else 'value'}": p for i, p in enumerate(past)})
         logits, *present = self.session.run(None, feed)
         return logits, present
+
+
+# --- quantised graphs ---------------------------------------------------------------------
+
+
+def quantize(src: Path, precision: str) -> Path:
+    """A quantised copy of the fp32 graph beside it: "int8" is onnxruntime's dynamic
+    quantisation (int8 weights per channel, activations quantised at run time);
+    "int4" its block-wise 4-bit weight quantisation (MatMulNBits, blocks of 32)."""
+    dst = src.parent / GRAPHS[precision]
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True)
+    elif precision == "int4":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=True)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+    else:
+        raise ValueError(f"no quantisation {precision!r}: int8 or int4")
+    return dst
+
+
+def graph_bytes(path: Path) -> int:
+    """A graph's size on disk: the .onnx and its external data."""
+    data = path.parent / f"{path.name}.data"
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def judge(precision: str, numbers: dict[str, Any]) -> dict[str, Any]:
+    """Whether a graph's verification is within its tolerance, and the tolerance."""
+    if precision == "fp32":
+        worst = max(numbers["prefill_max_abs"], numbers["padded_max_abs"], numbers["decode_max_abs"])
+        ok = worst <= FP32_MAX_ABS and numbers["greedy_match"]
+        tolerance = f"max |logit difference| <= {FP32_MAX_ABS:g} and greedy tokens equal"
+    else:
+        ok = numbers["argmax_agreement"] >= QUANTISED_AGREEMENT
+        tolerance = f"argmax agreement >= {QUANTISED_AGREEMENT:.0%}"
+    return dict(numbers, ok=bool(ok), tolerance=tolerance, max_abs_logit_diff=max(numbers["prefill_max_abs"], numbers["decode_max_abs"]))
+
+
+def versions() -> dict[str, str]:
+    return {p: metadata.version(p) for p in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime")}
+
+
+# --- the job ------------------------------------------------------------------------------
+
+
+class ExportOnnxSpec(Spec):
+    """Export a model (an adapter is merged into its base) to one ONNX decoder graph
+    with its KV cache, verified against PyTorch with onnxruntime; optionally int8
+    and 4-bit graphs beside it."""
+
+    kind: ClassVar[str] = "export_onnx"
+    command: ClassVar[tuple[str, ...]] = ("export", "onnx")
+    flags: ClassVar[dict[str, str]] = {"output_name": "name"}
+    output: ClassVar[str] = "export"
+    output_field: ClassVar[str] = "output_name"
+    export_format: ClassVar[str] = "onnx"
+    busy: ClassVar[str] = "exporting"
+    input_models: ClassVar[tuple[str, ...]] = ("model",)
+
+    model: Ref
+    """The model or adapter to export: name or id."""
+    output_name: Name
+    """Name of the export."""
+    int8: bool = False
+    """Also an int8 graph (onnxruntime dynamic quantisation, per channel): about 4x smaller."""
+    int4: bool = False
+    """Also a 4-bit graph (onnxruntime MatMulNBits, blocks of 32 weights)."""
+    opset: Optional[int] = Field(None, ge=18, le=23)
+    """ONNX opset (empty: the newest the installed exporter writes)."""
+    verify_steps: int = Field(20, ge=1, le=512)
+    """Greedy tokens compared with PyTorch, with the cache."""
+
+    def precisions(self) -> list[str]:
+        return ["fp32"] + [p for p in ("int8", "int4") if getattr(self, p)]
+
+    def check_inputs(self) -> None:
+        try:
+            row = models.find(self.model)
+        except models.ModelError:
+            return  # a model that is not there is named when the job's inputs are resolved
+        from core.inference.generate import available
+
+        if models.is_reward_model(row):
+            raise SpecError("model", f"'{row.name}' is a reward model (a score head): only a causal LM exports as a decoder")
+        if row.status == "available":
+            why = available(row)
+            if why:
+                raise SpecError("model", why)
+        base = models.get_or_none(row.parent_id) if row.source == "adapter" and row.parent_id else row
+        model_type = (base or row).model_type
+        if model_type and model_type not in SUPPORTED:
+            raise SpecError("model", f"'{row.name}' is a {model_type} model: the ONNX export supports {', '.join(SUPPORTED)}")
+
+    def title(self) -> str:
+        extra = "".join(f" + {p}" for p in self.precisions()[1:])
+        return f"Export '{self.model}' to ONNX{extra} -> '{self.output_name}'"
+
+
+def load_for_export(row) -> tuple[Any, Any]:
+    """(model, tokenizer) on the CPU in fp32, an adapter merged into its base."""
+    from core.inference.generate import load
+
+    model, tokenizer = load(row)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.float().cpu().eval(), tokenizer
+
+
+def build_onnx(spec: ExportOnnxSpec, row, out_dir: Path, run: Run, done: int = 0, total: Optional[int] = None) -> tuple[dict, dict]:
+    """Export, quantise and verify into `out_dir`: (facts, verification by
+    precision). Reports progress from step `done` of `total`."""
+    import torch
+
+    from core.export.verify import verify
+
+    total = total or 3 + 2 * len(spec.precisions())
+    run.progress(done, total, f"loading '{row.name}'", force=True)
+    model, tokenizer = load_for_export(row)
+    run.check_cancel()
+    run.progress(done + 1, total, "tracing and exporting the decoder (torch.export)", force=True)
+    facts = export_decoder(model, out_dir, opset=spec.opset)
+    sizes, checks, step = {}, {}, done + 2
+    for precision in spec.precisions():
+        run.check_cancel()
+        path = out_dir / GRAPHS[precision]
+        if precision != "fp32":
+            run.progress(step, total, f"quantising to {precision}", force=True)
+            quantize(out_dir / GRAPH, precision)
+        step += 1
+        sizes[precision] = graph_bytes(path)
+        run.progress(step, total, f"verifying the {precision} graph against PyTorch", force=True)
+        checks[precision] = judge(precision, verify(model, tokenizer, path, steps=spec.verify_steps, threads=torch.get_num_threads()))
+        checks[precision]["bytes"] = sizes[precision]
+        step += 1
+    run.progress(step, total, "saving the tokenizer, chat template and generation config", force=True)
+    tokenizer.save_pretrained(out_dir)
+    model.config.save_pretrained(out_dir)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out_dir)
+    facts.update(
+        graphs={p: GRAPHS[p] for p in spec.precisions()},
+        graph_bytes=sizes,
+        model=row.name,
+        model_type=model.config.model_type,
+        lineage=models.lineage(row),
+        versions=versions(),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return facts, checks
+
+
+def card(name: str, facts: dict[str, Any], checks: dict[str, Any]) -> str:
+    """The export's README: where it came from, its tensors, how it verified, how to run it."""
+    lines = [
+        f"# {name}", "",
+        f"ONNX export of **{facts['model']}** ({facts['model_type']}), opset {facts['opset']}, made by the LLM Development Platform.", "",
+        "Lineage: " + " -> ".join(facts["lineage"]), "",
+        "## Graphs", "",
+        "| precision | file | size | within tolerance | max abs logit diff | greedy match | argmax agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for precision, check in checks.items():
+        lines.append(
+            f"| {precision} | {facts['graphs'][precision]} | {check['bytes'] / 1e6:.1f} MB | {'yes' if check['ok'] else 'NO'} "
+            f"| {check['max_abs_logit_diff']:.2e} | {check['greedy_match']} | {check['argmax_agreement']:.1%} |"
+        )
+    lines += [
+        "", "## Tensors", "",
+        "- `input_ids`, `attention_mask`, `position_ids`: int64 `[batch, sequence]` (`attention_mask`: `[batch, past + sequence]`)",
+        f"- `past_key_values.{{0..{facts['layers'] - 1}}}.key/value`: float32 `[batch, {facts['kv_heads']}, past, {facts['head_dim']}]` (past 0 at the first step)",
+        "- `logits`: float32 `[batch, sequence, vocab]`; `present.{i}.key/value`: the cache after this step",
+        "", "## Run it", "",
+        "```python",
+        "import numpy as np, onnxruntime as ort",
+        "from transformers import AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained('.')",
+        "session = ort.InferenceSession('model.onnx')",
+        "```",
+        "", "Versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()), "",
+    ]
+    return "\n".join(lines)
+
+
+def run_export_onnx(spec: ExportOnnxSpec, run: Run) -> dict[str, Any]:
+    """Export, quantise, verify and register the ONNX folder."""
+    import shutil
+
+    from core.export import registry as exports
+
+    export = exports.for_job(run.job_id)
+    row = models.get(run.model_ids[0])
+    out_dir = exports.partial_dir(export.id)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        facts, checks = build_onnx(spec, row, out_dir, run)
+    except (RuntimeError, ValueError) as exc:
+        if "torch.export" in str(exc) or "exported graph" in str(exc) or "Unsupported" in str(exc):
+            raise BadInput(f"model: '{row.name}' does not export: {exc}") from exc
+        raise
+    (out_dir / "README.md").write_text(card(export.name, facts, checks))
+    exports.publish(export.id, run.job_id, {"details": facts, "verification": checks})
+    return {"export_id": export.id, "verification": {p: _summary(c) for p, c in checks.items()}}
+
+
+def _summary(check: dict[str, Any]) -> dict[str, Any]:
+    keys = ("ok", "max_abs_logit_diff", "greedy_match", "argmax_agreement", "torch_tokens_per_s", "onnx_tokens_per_s", "bytes")
+    return {k: check[k] for k in keys}

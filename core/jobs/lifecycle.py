@@ -36,6 +36,7 @@ from sqlalchemy import func, select, update
 
 from core import config
 from core.data import registry as datasets
+from core.export import registry as exports
 from core.jobs.liveness import worker_alive
 from core.models import registry as models
 from storage.db import data_home, database_url, session, write_lock
@@ -72,6 +73,7 @@ def submit(spec: Any, *, start: bool = True) -> int:
             write_lock(s)  # two submits of the same name: one wins, one is told
             model_ids = models.reserve_outputs(s, spec) + models.resolve_inputs(s, spec)
             dataset_ids = datasets.reserve_outputs(s, spec) + datasets.resolve_inputs(s, spec)
+            export_ids = exports.reserve_outputs(s, spec)
             job = Job(
                 kind=spec.kind,
                 title=spec.title(),
@@ -87,6 +89,7 @@ def submit(spec: Any, *, start: bool = True) -> int:
             s.add(job)
             s.flush()
             models.link_job(s, model_ids, job.id)
+            exports.link_job(s, export_ids, job.id, model_ids)
             s.add(Event(message=f"Queued job {job.id}: {job.title}", job_id=job.id))
             folder = run_dir(job.id)
             if folder.exists():  # left over from a database that was reset
@@ -342,6 +345,7 @@ def finish(
         job = s.get(Job, job_id)
         models.settle_outputs(s, job)
         datasets.settle_outputs(s, job)
+        exports.settle_outputs(s, job)
         what = {"succeeded": "succeeded", "cancelled": "was cancelled", "paused": "was paused"}.get(
             status, f"failed ({error_class})"
         )

@@ -59,7 +59,8 @@ def reserve_name(s: Session, table: type, name: str, field_name: str, what: str,
         s.delete(row)
     s.flush()
     if name_taken(s, table, name):
-        raise SpecError(field_name, f"a {what} named {name!r} already exists: choose another name")
+        article = "an" if what[0] in "aeiou" else "a"
+        raise SpecError(field_name, f"{article} {what} named {name!r} already exists: choose another name")
 
 
 def resolve(s: Session, table: type, ref: str, field_name: str, what: str, listing: str) -> Any:

@@ -57,7 +57,7 @@ class SFTSpec(TrainSpec):
         if row is not None and row.source == "adapter":
             raise SpecError(
                 "model", f"'{row.name}' is a LoRA adapter: train from a full model (its base), or merge it first "
-                f"(python -m core models merge {shlex.quote(row.name)} --name NEW_NAME)"
+                f"(python -m core export merge --model {shlex.quote(row.name)} --name NEW_NAME)"
             )
         super().check_inputs()
 
