@@ -1,13 +1,13 @@
-"""ONNX export with the KV cache: tiny GPT-2 and Llama models (one with grouped
-KV heads, as the starter has) built from a config, exported, and run with
-onnxruntime next to PyTorch."""
+"""ONNX export with the KV cache: tiny GPT-2, Llama (one with grouped KV heads,
+as the starter has), Mistral and Qwen2 models built from a config, exported,
+and run with onnxruntime next to PyTorch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core.export.onnx import GRAPH, OrtDecoder, export_decoder, io_names, cache_shape
+from core.export.onnx import GRAPH, SUPPORTED, OrtDecoder, cache_shape, export_decoder, io_names
 from core.export.verify import verify
 from core.models.create import DEFAULT_CORPUS, CreateModelSpec, build_config, train_tokenizer
 
@@ -21,14 +21,22 @@ def tiny(arch: str, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = build_config(CreateModelSpec(name="t", arch="gpt2" if arch == "gpt2" else "llama", size="tiny"), tokenizer)
+    if arch in ("mistral", "qwen2"):  # the other families the export supports, at the tiny llama's size
+        from transformers import AutoConfig
+
+        llama = build_config(CreateModelSpec(name="t", arch="llama", size="tiny"), tokenizer).to_dict()
+        keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+        config = AutoConfig.for_model(arch, **{k: llama[k] for k in keep}, num_key_value_heads=2)
+    else:
+        config = build_config(CreateModelSpec(name="t", arch="gpt2" if arch == "gpt2" else "llama", size="tiny"), tokenizer)
     if arch == "llama-gqa":
         config.num_key_value_heads = 2  # 4 query heads share 2 KV heads
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-gqa"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-gqa", "mistral", "qwen2"])
 def test_onnx_export_with_kv_cache_computes_what_pytorch_does(arch, tokenizer, tmp_path):
     model = tiny(arch, tokenizer)
     facts = export_decoder(model, tmp_path)
@@ -37,7 +45,8 @@ def test_onnx_export_with_kv_cache_computes_what_pytorch_does(arch, tokenizer, t
     assert (facts["inputs"], facts["outputs"]) == io_names(shape)
     assert facts["inputs"][:5] == ["input_ids", "attention_mask", "position_ids", "past_key_values.0.key", "past_key_values.0.value"]
     assert facts["outputs"][:3] == ["logits", "present.0.key", "present.0.value"] and facts["opset"] >= 18
-    assert shape.kv_heads == (2 if arch == "llama-gqa" else 4)
+    assert shape.kv_heads == (4 if arch in ("gpt2", "llama") else 2)
+    assert model.config.model_type in SUPPORTED
 
     result = verify(model, tokenizer, tmp_path / GRAPH, steps=20)
     assert result["prefill_max_abs"] < 1e-4, result
