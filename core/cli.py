@@ -19,7 +19,7 @@ command a job shows is the same command with the same flags.
     python -m core eval results [--json]
     python -m core eval samples JOB_ID [--step N] [--json]
     python -m core eval rubric list|show NAME|save NAME --file F [--scale-min 1 --scale-max 5]
-    python -m core export merge|onnx --model NAME --name OUT [--int8] [--int4] [--wait] [--json]
+    python -m core export merge|onnx|triton --model NAME --name OUT [--int8] [--int4] [--wait] [--json]
     python -m core export list|show EXPORT [--json]
     python -m core export delete EXPORT --yes
     python -m core jobs list [--status S] [--json]

@@ -22,6 +22,7 @@ from core.evaluation.perplexity import EvalPerplexitySpec, run_eval_perplexity
 from core.evaluation.reward import EvalRewardSpec, run_eval_reward
 from core.export.merge import MergeAdapterSpec, run_merge_adapter
 from core.export.onnx import ExportOnnxSpec, run_export_onnx
+from core.export.triton_repo import ExportTritonSpec, run_export_triton
 from core.jobs.run import Run
 from core.models.create import CreateModelSpec, run_create_model
 from core.models.importer import ImportModelSpec, run_import_model
@@ -53,6 +54,7 @@ KINDS: dict[str, Kind] = {
         Kind(PPOSpec, run_ppo),
         Kind(MergeAdapterSpec, run_merge_adapter),
         Kind(ExportOnnxSpec, run_export_onnx),
+        Kind(ExportTritonSpec, run_export_triton),
         Kind(EvalPerplexitySpec, run_eval_perplexity),
         Kind(EvalGenerationSpec, run_eval_generation),
         Kind(EvalJudgeSpec, run_eval_judge),

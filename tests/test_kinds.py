@@ -39,6 +39,7 @@ EXAMPLES: dict[str, dict] = {
                 response_length=16, pad_token="<|pad|>", missing_eos_penalty=0.5),
     "merge_adapter": dict(model="an adapter", output_name="merged one"),
     "export_onnx": dict(model="m", output_name="m onnx", int8=True, int4=True, opset=20, verify_steps=8),
+    "export_triton": dict(model="m", output_name="m triton", int4=True, instance="gpu", max_tokens=64, opset=19, verify_steps=6),
     "eval_perplexity": dict(model="m", dataset="d", split="train", max_length=64, stride=16, checkpoints=True),
     "eval_generation": dict(model="m", dataset="d", temperature=0.7, top_p=0.9, seed=5, max_samples=0),
     "eval_judge": dict(model="m", dataset="d", judge_url="http://127.0.0.1:9/v1", judge_api_key="sekrit", rubric="strict"),

@@ -21,11 +21,12 @@ the graph (the 2 GB protobuf limit).
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import numpy as np
 from pydantic import Field
@@ -300,20 +301,29 @@ def load_for_export(row) -> tuple[Any, Any]:
     return model.float().cpu().eval(), tokenizer
 
 
-def build_onnx(spec: ExportOnnxSpec, row, out_dir: Path, run: Run, done: int = 0, total: Optional[int] = None) -> tuple[dict, dict]:
-    """Export, quantise and verify into `out_dir`: (facts, verification by
-    precision). Reports progress from step `done` of `total`."""
+def build_steps(spec: ExportOnnxSpec) -> int:
+    """The progress steps of `build_onnx`: load, export, quantise and verify each graph, save."""
+    return 3 + 2 * len(spec.precisions())
+
+
+def build_onnx(spec: ExportOnnxSpec, row, out_dir: Path, run: Run, extras: Optional[Path] = None, steps_after: int = 0) -> tuple[dict, dict]:
+    """Export, quantise and verify into `out_dir`, the tokenizer, chat template,
+    config and generation config into `extras` (default: beside the graphs):
+    (facts, verification by precision). Progress counts `steps_after` more
+    steps the caller reports after these."""
     import torch
 
     from core.export.verify import verify
+    from core.inference.generate import eos_ids
 
-    total = total or 3 + 2 * len(spec.precisions())
-    run.progress(done, total, f"loading '{row.name}'", force=True)
+    extras = extras or out_dir
+    total = build_steps(spec) + steps_after
+    run.progress(0, total, f"loading '{row.name}'", force=True)
     model, tokenizer = load_for_export(row)
     run.check_cancel()
-    run.progress(done + 1, total, "tracing and exporting the decoder (torch.export)", force=True)
+    run.progress(1, total, "tracing and exporting the decoder (torch.export)", force=True)
     facts = export_decoder(model, out_dir, opset=spec.opset)
-    sizes, checks, step = {}, {}, done + 2
+    sizes, checks, step = {}, {}, 2
     for precision in spec.precisions():
         run.check_cancel()
         path = out_dir / GRAPHS[precision]
@@ -327,10 +337,10 @@ def build_onnx(spec: ExportOnnxSpec, row, out_dir: Path, run: Run, done: int = 0
         checks[precision]["bytes"] = sizes[precision]
         step += 1
     run.progress(step, total, "saving the tokenizer, chat template and generation config", force=True)
-    tokenizer.save_pretrained(out_dir)
-    model.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(extras)
+    model.config.save_pretrained(extras)
     if model.generation_config is not None:
-        model.generation_config.save_pretrained(out_dir)
+        model.generation_config.save_pretrained(extras)
     facts.update(
         graphs={p: GRAPHS[p] for p in spec.precisions()},
         graph_bytes=sizes,
@@ -339,6 +349,9 @@ def build_onnx(spec: ExportOnnxSpec, row, out_dir: Path, run: Run, done: int = 0
         lineage=models.lineage(row),
         versions=versions(),
         has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        vocab_size=int(model.config.vocab_size),
+        eos_token_ids=sorted(set(eos_ids(model, tokenizer))),
+        context_length=getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None),
     )
     return facts, checks
 
@@ -385,17 +398,25 @@ def run_export_onnx(spec: ExportOnnxSpec, run: Run) -> dict[str, Any]:
     row = models.get(run.model_ids[0])
     out_dir = exports.partial_dir(export.id)
     shutil.rmtree(out_dir, ignore_errors=True)
-    try:
+    with exportable(row):
         facts, checks = build_onnx(spec, row, out_dir, run)
+    (out_dir / "README.md").write_text(card(export.name, facts, checks))
+    exports.publish(export.id, run.job_id, {"details": facts, "verification": checks})
+    return {"export_id": export.id, "verification": {p: summary(c) for p, c in checks.items()}}
+
+
+@contextmanager
+def exportable(row) -> Iterator[None]:
+    """A model the exporter cannot trace fails the job as bad input, naming it."""
+    try:
+        yield
     except (RuntimeError, ValueError) as exc:
         if "torch.export" in str(exc) or "exported graph" in str(exc) or "Unsupported" in str(exc):
             raise BadInput(f"model: '{row.name}' does not export: {exc}") from exc
         raise
-    (out_dir / "README.md").write_text(card(export.name, facts, checks))
-    exports.publish(export.id, run.job_id, {"details": facts, "verification": checks})
-    return {"export_id": export.id, "verification": {p: _summary(c) for p, c in checks.items()}}
 
 
-def _summary(check: dict[str, Any]) -> dict[str, Any]:
+def summary(check: dict[str, Any]) -> dict[str, Any]:
+    """The verification numbers a job's result shows (the export keeps them all)."""
     keys = ("ok", "max_abs_logit_diff", "greedy_match", "argmax_agreement", "torch_tokens_per_s", "onnx_tokens_per_s", "bytes")
     return {k: check[k] for k in keys}

@@ -227,7 +227,7 @@ def stream(model, tokenizer, text: str, settings: Settings, stats: Optional[Stat
     ids: list[int] = []
     shown = ""
     stopped = False
-    eos = set(_eos_ids(model, tokenizer))
+    eos = set(eos_ids(model, tokenizer))
     try:
         while (token := streamer.q.get()) is not None:
             if token in eos:
@@ -265,7 +265,8 @@ def context_length(model) -> Optional[int]:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a reply: the generation config's and the tokenizer's."""
     eos = model.generation_config.eos_token_id
     ids = eos if isinstance(eos, list) else [eos]
     return [i for i in ids + [tokenizer.eos_token_id] if i is not None]

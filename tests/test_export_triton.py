@@ -1,0 +1,112 @@
+"""The Triton model repository export on the tiny scratch model: its layout,
+both config.pbtxt files parsed against Triton's own model_config schema (as
+shipped in tritonclient) and matched against the ONNX graph, and the text
+model's decode loop, loaded from the repository's model.py, giving PyTorch's
+greedy text. (A real Triton server runs the repository in the serving tests.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from core.export import registry as exports
+from core.export.onnx import OrtDecoder
+from core.export.triton_repo import ExportTritonSpec
+from core.jobs import lifecycle as jobs
+from core.models import registry as models
+from core.models.create import CreateModelSpec
+from core.spec import SpecError
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is in requirements-dev.txt")
+
+
+@pytest.fixture
+def base(home):
+    job = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
+    assert job.status == "succeeded", job.log_tail
+    return models.find("base")
+
+
+def parse(path):
+    from google.protobuf import text_format
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def load_text_model(folder):
+    spec = importlib.util.spec_from_file_location("triton_text_generation", folder / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_triton_repository_parses_matches_the_graph_and_generates_pytorchs_text(base, cli, home):
+    out = cli("export", "triton", "--model", "base", "--name", "base-triton", "--max-tokens", "12", "--verify-steps", "12",
+              "--wait", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    export = json.loads(out.stdout)["export"]
+    assert export["format"] == "triton" and export["status"] == "available" and export["verification"]["fp32"]["ok"]
+    assert export["details"]["decode_loop"]["tokens"] >= 1 and export["details"]["served"] == "fp32"
+    repo = home / "exports" / str(export["id"])
+    files = {p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()}
+    assert {"README.md", "decoder/config.pbtxt", "decoder/1/model.onnx", "decoder/1/model.onnx.data", "text_generation/config.pbtxt",
+            "text_generation/1/model.py", "text_generation/1/tokenizer.json", "text_generation/1/decoding.json"} <= files
+    readme = (repo / "README.md").read_text()
+    assert "tritonserver --model-repository=/models" in readme and "nvcr.io/nvidia/tritonserver:" in readme
+
+    # the decoder's config: parses, and names, types and fixed dims are the graph's
+    decoder = parse(repo / "decoder" / "config.pbtxt")
+    assert decoder.name == "decoder" and decoder.backend == "onnxruntime" and decoder.default_model_filename == "model.onnx"
+    assert decoder.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    session = OrtDecoder(repo / "decoder" / "1" / "model.onnx").session
+    for declared, actual in ((decoder.input, session.get_inputs()), (decoder.output, session.get_outputs())):
+        assert [t.name for t in declared] == [t.name for t in actual]
+        for tensor, value in zip(declared, actual):
+            assert model_config_pb2.DataType.Name(tensor.data_type) == {"tensor(int64)": "TYPE_INT64", "tensor(float)": "TYPE_FP32"}[value.type]
+            assert list(tensor.dims) == [d if isinstance(d, int) else -1 for d in value.shape], tensor.name
+
+    # the text model's config: parses, decoupled, calls the decoder
+    text = parse(repo / "text_generation" / "config.pbtxt")
+    assert text.name == "text_generation" and text.backend == "python" and text.model_transaction_policy.decoupled
+    assert text.parameters["decoder_model"].string_value == "decoder"
+    assert [t.name for t in text.input] == ["text_input", "max_tokens", "temperature", "seed"]
+    assert [t.optional for t in text.input] == [False, True, True, True] and [t.name for t in text.output] == ["text_output"]
+
+    # its model.py, outside Triton, with onnxruntime as the decoder: PyTorch's greedy text, piece by piece
+    folder = repo / "text_generation" / "1"
+    module = load_text_model(folder)
+    names = [o.name for o in session.get_outputs()]
+    loop = module.Decoding(folder, lambda feed: dict(zip(names, session.run(names, feed))))
+    prompt = "The capital of France is"
+    pieces = list(loop.pieces(prompt, 12))
+    assert pieces and all(pieces)
+    import torch
+
+    from core.inference.generate import eos_ids, load
+
+    model, tokenizer = load(models.find("base"))
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        made = model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:].tolist()
+    ends = set(eos_ids(model, tokenizer))
+    made = made[: next((i for i, t in enumerate(made) if t in ends), len(made))]
+    assert "".join(pieces) == tokenizer.decode(made, skip_special_tokens=True)
+    assert len(list(loop.tokens(loop.encode(prompt), 3))) <= 3  # max_tokens holds
+    with pytest.raises(ValueError, match="text_input is empty"):
+        list(loop.tokens([], 3))
+
+
+def test_a_quantised_repository_serves_only_its_graph_and_both_at_once_is_refused(base, home):
+    with pytest.raises(SpecError, match="int4: a Triton repository serves one graph: choose int8 or int4, not both"):
+        ExportTritonSpec(model="base", output_name="t", int8=True, int4=True)
+    job = jobs.wait(jobs.submit(ExportTritonSpec(model="base", output_name="t4", int4=True, instance="gpu", verify_steps=4)), timeout_s=300)
+    assert job.status == "succeeded", job.log_tail
+    row = exports.find("t4")
+    graphs = {p.name for p in (home / "exports" / str(row.id) / "decoder" / "1").iterdir()}
+    assert graphs == {"model.int4.onnx", "model.int4.onnx.data"}
+    decoder = parse(home / "exports" / str(row.id) / "decoder" / "config.pbtxt")
+    assert decoder.default_model_filename == "model.int4.onnx"
+    assert decoder.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert set(row.verification) == {"fp32", "int4"} and row.details["served"] == "int4"
