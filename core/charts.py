@@ -181,3 +181,23 @@ def runs_overlay_figure(series_by_run: dict[str, list[tuple[int, float]]], metri
         fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines", name=label))
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step", yaxis_title=metric, legend_title="run")
     return fig
+
+
+def export_figure(checks: dict[str, dict[str, Any]]) -> go.Figure:
+    """An export's graphs side by side: size on disk, decode tokens/s beside
+    PyTorch's, and agreement with PyTorch's next token, each bar green when the
+    graph is within its tolerance and red when it is not."""
+    from plotly.subplots import make_subplots
+
+    names = list(checks)
+    colours = [STATUS_COLOURS["succeeded"] if checks[p].get("ok") else STATUS_COLOURS["failed"] for p in names]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("size (MB)", "decode tokens/s", "argmax agreement"))
+    fig.add_trace(go.Bar(x=names, y=[checks[p].get("bytes", 0) / 1e6 for p in names], marker_color=colours, showlegend=False), 1, 1)
+    torch_rate = max((c.get("torch_tokens_per_s") or 0 for c in checks.values()), default=0)
+    fig.add_trace(go.Bar(x=["PyTorch", *names], y=[torch_rate, *(checks[p].get("onnx_tokens_per_s") for p in names)],
+                         marker_color=[STATUS_COLOURS["queued"], *colours], showlegend=False), 1, 2)
+    fig.add_trace(go.Bar(x=names, y=[checks[p].get("argmax_agreement") for p in names], marker_color=colours, showlegend=False,
+                         text=[f"{checks[p].get('argmax_agreement', 0):.1%}" for p in names], textposition="inside"), 1, 3)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=3)
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10))
+    return fig

@@ -14,7 +14,7 @@ from core.models import registry as models
 from core.models.create import CreateModelSpec
 
 PAGES = ["pages/1_Models.py", "pages/2_Datasets.py", "pages/3_Training.py", "pages/4_RLHF.py", "pages/5_Evaluation.py",
-         "pages/6_Playground.py", "pages/9_Jobs.py"]
+         "pages/6_Playground.py", "pages/7_Export.py", "pages/9_Jobs.py"]
 
 
 @pytest.fixture

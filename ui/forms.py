@@ -65,7 +65,7 @@ def _labels() -> dict[str, str]:
 
 # Commands that messages suggest, and where a page user finds the same
 PAGE_PLACES = {
-    r"\(python -m core export merge [^)]*\)": "(the Training page: the run's 'Merge the adapter into a full model' button)",
+    r"\(python -m core export merge [^)]*\)": "(the Export page: 'Merged model'; or the run's 'Merge the adapter into a full model' button on the Training page)",
 }
 
 

@@ -1,0 +1,29 @@
+"""Export: merged models, verified ONNX graphs and Triton model repositories, each downloadable."""
+
+import streamlit as st
+
+from ui import common, export, forms
+
+common.setup_page("Export", "output")
+st.title("Export")
+common.live_jobs_panel()
+forms.last_submitted()
+export.follow()  # an export just started: show it
+
+new, done = st.tabs(["New export", "Exports"], key="export_tab", on_change="rerun")
+
+if not done.open:
+    with new:
+        spec = export.spec_form()
+        if spec is not None:
+            with st.expander("The same from a terminal", expanded=False):
+                st.code(spec.replay() + " --wait", language="bash")
+            if st.button("Start export", type="primary", key="export_start"):
+                forms.submit(lambda: spec, on_started=export.show_export)
+        st.caption(
+            "Every ONNX graph is verified against PyTorch with onnxruntime (logits on a prompt and a left-padded batch, "
+            "greedy tokens with the cache, argmax agreement, speed); the numbers stay with the export, in or out of tolerance."
+        )
+else:
+    with done:
+        export.exports_panel()
