@@ -86,7 +86,7 @@ def main() -> None:
     model, tokenizer = ModelCache(default_budget()).get(models.find("starter"))  # what the page does
     text = generate.prompt_text(tokenizer, [{"role": "user", "content": PROMPT}])
     settings = generate.Settings(max_new_tokens=args.tokens, temperature=0)
-    eos = set(generate._eos_ids(model, tokenizer))
+    eos = set(generate.eos_ids(model, tokenizer))
 
     timed_stream(model, tokenizer, text, settings)  # warm-up, both paths
     timed_generate(model, tokenizer, text, args.tokens, eos)

@@ -39,8 +39,9 @@ GRAPH = "model.onnx"
 INPUTS = ("input_ids", "attention_mask", "position_ids")
 # model types whose export is tested (tests/test_export_onnx.py); others are refused before launch
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2")
-# each graph's file, by precision
+# each graph's file, by precision; the quantised ones' weight bits
 GRAPHS = {"fp32": GRAPH, "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
+QUANT_BITS = {"int8": 8, "int4": 4}
 # an fp32 graph is within tolerance when its logits are this close to PyTorch's and
 # greedy decoding matches; a quantised one when it picks PyTorch's token this often
 FP32_MAX_ABS = 1e-3
@@ -193,24 +194,48 @@ class OrtDecoder:
 
 
 def quantize(src: Path, precision: str) -> Path:
-    """A quantised copy of the fp32 graph beside it: "int8" is onnxruntime's dynamic
-    quantisation (int8 weights per channel, activations quantised at run time);
-    "int4" its block-wise 4-bit weight quantisation (MatMulNBits, blocks of 32)."""
+    """A quantised copy of the fp32 graph beside it: onnxruntime's block-wise
+    weight quantisation (MatMulNBits, blocks of 32, symmetric) to 8 bits ("int8")
+    or 4 bits ("int4"), with int8 arithmetic on the CPU (accuracy level 4).
+    Activations stay float: onnxruntime's dynamic int8 (`quantize_dynamic`, which
+    also quantises activations) picked the starter's next token 0-52% of the
+    time (bench/README.md, "Export decode"). The output layer is quantised too
+    (see `untie_output_layer`)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if precision not in QUANT_BITS:
+        raise ValueError(f"no quantisation {precision!r}: {' or '.join(QUANT_BITS)}")
     dst = src.parent / GRAPHS[precision]
-    if precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=True)
-    elif precision == "int4":
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(onnx.load(src), block_size=32, is_symmetric=True)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
-    else:
-        raise ValueError(f"no quantisation {precision!r}: int8 or int4")
+    quantizer = MatMulNBitsQuantizer(untie_output_layer(onnx.load(src)), bits=QUANT_BITS[precision], block_size=32,
+                                     is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
     return dst
+
+
+def untie_output_layer(model):
+    """A model whose output layer shares the embedding table (tied weights)
+    exports as MatMul(x, Transpose(table)): the quantiser skips a MatMul whose
+    weight is not an initializer, so the largest matrix of a small model would
+    stay fp32. Give such a MatMul the transposed table as its own initializer
+    (the Gather keeps the original)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        source = made_by.get(node.input[1]) if node.op_type == "MatMul" else None
+        if source is None or source.op_type != "Transpose" or source.input[0] not in initializers:
+            continue
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), [1, 0])
+        if perm != [1, 0]:
+            continue
+        weight = numpy_helper.to_array(initializers[source.input[0]])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), name=f"{source.input[0]}.T"))
+        node.input[1] = f"{source.input[0]}.T"
+    return model
 
 
 def graph_bytes(path: Path) -> int:
@@ -257,9 +282,9 @@ class ExportOnnxSpec(Spec):
     output_name: Name
     """Name of the export."""
     int8: bool = False
-    """Also an int8 graph (onnxruntime dynamic quantisation, per channel): about 4x smaller."""
+    """Also an int8 graph (onnxruntime MatMulNBits: 8-bit weights in blocks of 32): matrices 4x smaller."""
     int4: bool = False
-    """Also a 4-bit graph (onnxruntime MatMulNBits, blocks of 32 weights)."""
+    """Also a 4-bit graph (onnxruntime MatMulNBits: 4-bit weights in blocks of 32): matrices 8x smaller."""
     opset: Optional[int] = Field(None, ge=18, le=23)
     """ONNX opset (empty: the newest the installed exporter writes)."""
     verify_steps: int = Field(20, ge=1, le=512)

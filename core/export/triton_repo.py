@@ -49,9 +49,9 @@ class ExportTritonSpec(ExportOnnxSpec):
     export_format: ClassVar[str] = "triton"
 
     int8: bool = False
-    """Serve the int8 graph (onnxruntime dynamic quantisation) instead of fp32."""
+    """Serve the int8 graph (8-bit weights, onnxruntime MatMulNBits) instead of fp32."""
     int4: bool = False
-    """Serve the 4-bit graph (onnxruntime MatMulNBits) instead of fp32."""
+    """Serve the 4-bit graph (4-bit weights, onnxruntime MatMulNBits) instead of fp32."""
     instance: Literal["cpu", "gpu"] = "cpu"
     """Where Triton runs the decoder: cpu, or gpu (CUDA, onnxruntime's CUDA provider)."""
     max_tokens: int = Field(128, ge=1, le=8192)
