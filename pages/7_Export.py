@@ -9,6 +9,7 @@ st.title("Export")
 common.live_jobs_panel()
 forms.last_submitted()
 export.follow()  # an export just started: show it
+forms.keep(export.FORM)  # the form's values, while the Exports tab is open and the form is not drawn
 
 new, done = st.tabs(["New export", "Exports"], key="export_tab", on_change="rerun")
 

@@ -2,7 +2,9 @@
 both config.pbtxt files parsed against Triton's own model_config schema (as
 shipped in tritonclient) and matched against the ONNX graph, and the text
 model's decode loop, loaded from the repository's model.py, giving PyTorch's
-greedy text. (A real Triton server runs the repository in the serving tests.)"""
+greedy text. The Triton side of model.py (TritonPythonModel: BLS calls, the
+response sender) runs only inside a Triton server: the deployment issue (12)
+starts one on these repositories; until then it is not run here."""
 
 from __future__ import annotations
 
@@ -110,3 +112,42 @@ def test_a_quantised_repository_serves_only_its_graph_and_both_at_once_is_refuse
     assert decoder.default_model_filename == "model.int4.onnx"
     assert decoder.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert set(row.verification) == {"fp32", "int4"} and row.details["served"] == "int4"
+
+
+def test_the_text_models_pieces_keep_a_metaspace_tokenizers_spaces(tmp_path):
+    """Llama- and Mistral-style tokenizers (Metaspace) drop the space at the start
+    of a decoded text: the reply's pieces must still carry it. The decoder here
+    is a scripted step (it answers with the next token of a fixed reply), the
+    tokenizer a real one trained on the spot; the end token stops the reply."""
+    import numpy as np
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from core.export import text_generation
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.train_from_iterator(["The capital of France is Paris", "Paris is nice, très belle"] * 20,
+                                  trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "</s>"]))
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    end = tokenizer.token_to_id("</s>")
+    (tmp_path / "decoding.json").write_text(json.dumps(
+        {"layers": 1, "kv_heads": 1, "head_dim": 2, "eos_token_ids": [end], "max_tokens": 50, "context_length": 64}))
+    reply = tokenizer.encode("Paris is nice, très belle").ids + [end]
+    assert tokenizer.decode(reply[:1]) == "Paris"  # what decoding only the new tokens would send: no space
+
+    def step(feed):
+        past = feed["past_key_values.0.key"]
+        made = past.shape[2] + feed["input_ids"].shape[1] - len(prompt)  # tokens of the reply so far
+        logits = np.zeros((1, feed["input_ids"].shape[1], tokenizer.get_vocab_size()), dtype=np.float32)
+        logits[0, -1, reply[made]] = 1.0
+        cache = np.zeros((1, 1, past.shape[2] + feed["input_ids"].shape[1], 2), dtype=np.float32)
+        return {"logits": logits, "present.0.key": cache, "present.0.value": cache}
+
+    loop = text_generation.Decoding(tmp_path, step)
+    prompt = loop.encode("The capital of France is")
+    pieces = list(loop.pieces("The capital of France is", 50))
+    assert "".join(pieces) == " Paris is nice, très belle" and pieces[0].startswith(" ")
+    assert list(loop.tokens(prompt, 50))[-1] == end  # the end token ends it; pieces leave it out
+    with pytest.raises(ValueError, match="the prompt is 70 tokens: the model's context is 64"):
+        list(loop.tokens([5] * 70, 3))

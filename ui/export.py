@@ -38,9 +38,13 @@ VERIFIED_COLUMNS = {
 }
 
 
+FORM = "exf_"
+"""The form's widget keys start with this: the page keeps their values while the Exports tab is open."""
+
+
 def spec_form() -> Optional[Spec]:
     """The new-export form; returns a valid spec or None (what is missing shown)."""
-    kind = st.radio("Export as", list(FORMATS), format_func=FORMATS.get, horizontal=True, key="export_kind")
+    kind = st.radio("Export as", list(FORMATS), format_func=FORMATS.get, horizontal=True, key="exf_kind")
     available = [m for m in models.list_models() if m.status == "available" and not models.is_reward_model(m)]
     if kind == "merge":
         available = [m for m in available if m.source == "adapter"]
@@ -51,10 +55,10 @@ def spec_form() -> Optional[Spec]:
         st.info("Exporting needs a model: create, import or train one first (Models page).")
         return None
     c = st.columns(2)
-    model = c[0].selectbox("Model or adapter" if kind != "merge" else "Adapter", [m.name for m in available], key="export_model",
+    model = c[0].selectbox("Model or adapter" if kind != "merge" else "Adapter", [m.name for m in available], key="exf_model",
                            help=ExportOnnxSpec.doc("model") + (f" Families the ONNX export supports: {', '.join(SUPPORTED)}." if kind != "merge" else ""))
     suggested = f"{model}-{'merged' if kind == 'merge' else kind}"
-    name = c[1].text_input("Name", key=f"export_name_{kind}", placeholder=suggested,
+    name = c[1].text_input("Name", key=f"exf_name_{kind}", placeholder=suggested,
                            help="Name of the export (empty: the one shown)") or suggested
     try:
         if kind == "merge":
@@ -65,24 +69,24 @@ def spec_form() -> Optional[Spec]:
         common: dict[str, Any] = dict(
             model=model,
             output_name=name,
-            opset=forms.field(ExportOnnxSpec, "opset", "ONNX opset (empty: newest)", key="export_opset", where=c[2]),
-            verify_steps=forms.field(ExportOnnxSpec, "verify_steps", "Greedy steps verified", key="export_verify_steps", where=c[3]),
+            opset=forms.field(ExportOnnxSpec, "opset", "ONNX opset (empty: newest)", key="exf_opset", where=c[2]),
+            verify_steps=forms.field(ExportOnnxSpec, "verify_steps", "Greedy steps verified", key="exf_verify_steps", where=c[3]),
         )
         if kind == "onnx":
             return ExportOnnxSpec(
                 **common,
-                int8=forms.field(ExportOnnxSpec, "int8", "Also int8", key="export_int8", where=c[0]),
-                int4=forms.field(ExportOnnxSpec, "int4", "Also 4-bit", key="export_int4", where=c[1]),
+                int8=forms.field(ExportOnnxSpec, "int8", "Also int8", key="exf_int8", where=c[0]),
+                int4=forms.field(ExportOnnxSpec, "int4", "Also 4-bit", key="exf_int4", where=c[1]),
             )
-        graph = c[0].radio("Graph served", ["fp32", "int8", "int4"], horizontal=True, key="export_served",
+        graph = c[0].radio("Graph served", ["fp32", "int8", "int4"], horizontal=True, key="exf_served",
                            help="fp32 computes what the model does; int8 and 4-bit are smaller, verified by how often they agree")
         c2 = st.columns(4)
         return ExportTritonSpec(
             **common,
             int8=graph == "int8",
             int4=graph == "int4",
-            instance=forms.field(ExportTritonSpec, "instance", "Decoder runs on", key="export_instance", where=c[1], horizontal=True),
-            max_tokens=forms.field(ExportTritonSpec, "max_tokens", "Default max new tokens", key="export_max_tokens", where=c2[0]),
+            instance=forms.field(ExportTritonSpec, "instance", "Decoder runs on", key="exf_instance", where=c[1], horizontal=True),
+            max_tokens=forms.field(ExportTritonSpec, "max_tokens", "Default max new tokens", key="exf_max_tokens", where=c2[0]),
         )
     except SpecError as exc:
         st.error(str(exc))
@@ -203,9 +207,8 @@ def details(r: dict[str, Any]) -> None:
         with st.expander("README (in the folder)"):
             st.markdown(readme.read_text())
     left, right = st.columns(2)
-    row = exports.get_or_none(r["id"])
     left.download_button(
-        f"Download {r['name']}.tar ({human_bytes(r['size_bytes'])})", data=lambda: exports.archive(row), file_name=f"{r['name']}.tar",
+        f"Download {r['name']}.tar ({human_bytes(r['size_bytes'])})", data=lambda: _archive(r["id"]), file_name=f"{r['name']}.tar",
         mime="application/x-tar", key=f"export_download_{r['id']}", icon=":material/download:",
     )
     with right:
@@ -217,6 +220,15 @@ def details(r: dict[str, Any]) -> None:
                 st.rerun()
             except exports.ExportError as exc:
                 st.error(str(exc))
+
+
+def _archive(export_id: int) -> bytes:
+    """The .tar of an export, built when the button is clicked (in memory: an
+    export of several GB wants `python -m core export show` and its folder)."""
+    row = exports.get_or_none(export_id)
+    if row is None:
+        raise exports.ExportError(f"export {export_id} was deleted")
+    return exports.archive(row)
 
 
 def merged_models_panel() -> None:

@@ -392,8 +392,9 @@ def card(name: str, facts: dict[str, Any], checks: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for precision, check in checks.items():
+        file = facts["graphs"].get(precision, "(verified; not in this folder)")
         lines.append(
-            f"| {precision} | {facts['graphs'][precision]} | {check['bytes'] / 1e6:.1f} MB | {'yes' if check['ok'] else 'NO'} "
+            f"| {precision} | {file} | {check['bytes'] / 1e6:.1f} MB | {'yes' if check['ok'] else 'NO'} "
             f"| {check['max_abs_logit_diff']:.2e} | {check['greedy_match']} | {check['argmax_agreement']:.1%} |"
         )
     lines += [

@@ -9,7 +9,7 @@ as it grows (a decoupled model: one response per new piece, then a final flag).
     inputs   text_input  BYTES [1]           the prompt (raw text: apply a chat template client-side)
              max_tokens  INT32 [1] optional  new tokens at most (default: decoding.json)
              temperature FP32  [1] optional  0 = greedy (the default)
-             seed        INT64 [1] optional  for sampling
+             seed        INT64 [1] optional  for sampling (default: a fresh one per request)
     output   text_output BYTES [1]           the next piece of text
 
 It needs numpy and the `tokenizers` package in the Python backend's
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -52,10 +52,12 @@ class Decoding:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
 
-    def tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[int]:
+    def tokens(self, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: Optional[int] = None) -> Iterator[int]:
         """New tokens one by one, greedy or sampled, until an end token or `max_tokens`."""
         if not prompt:
             raise ValueError("text_input is empty")
+        if len(prompt) >= self.context_length:
+            raise ValueError(f"the prompt is {len(prompt)} tokens: the model's context is {self.context_length}")
         max_tokens = min(max_tokens, self.context_length - len(prompt))
         rng = np.random.default_rng(seed)
         ids = np.array([prompt], dtype=np.int64)
@@ -82,21 +84,24 @@ class Decoding:
             mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
             positions = np.array([[mask.shape[1] - 1]], dtype=np.int64)
 
-    def pieces(self, text: str, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> Iterator[str]:
-        """The reply as text pieces: each new token's text once it is whole (a
-        character split across tokens waits for its last byte); no end token."""
-        made: list[int] = []
-        sent = ""
-        for token in self.tokens(self.encode(text), max_tokens, temperature, seed):
+    def pieces(self, text: str, max_tokens: int, temperature: float = 0.0, seed: Optional[int] = None) -> Iterator[str]:
+        """The reply as text pieces, each new token's text once it is whole (a
+        character split across tokens waits for its last byte); no end token.
+        Each piece is read off the text of the last few tokens before it, so a
+        tokenizer that drops the space at the start of a decoded text (Llama's,
+        Mistral's) still gives it, and the work per token stays constant."""
+        prompt = self.encode(text)
+        ids = list(prompt)
+        start, done = max(0, len(ids) - 5), len(ids)  # decode from `start`; text up to `done` was sent
+        for token in self.tokens(prompt, max_tokens, temperature, seed):
             if token in self.eos:
-                break
-            made.append(token)
-            now = self.tokenizer.decode(made)
-            if now.endswith("\ufffd"):
-                continue
-            if len(now) > len(sent):
-                yield now[len(sent):]
-                sent = now
+                return
+            ids.append(token)
+            before = self.tokenizer.decode(ids[start:done])
+            now = self.tokenizer.decode(ids[start:])
+            if len(now) > len(before) and not now.endswith("\ufffd"):
+                yield now[len(before):]
+                start, done = done, len(ids)
 
 
 class TritonPythonModel:
@@ -113,6 +118,8 @@ class TritonPythonModel:
             model_name=self.decoder,
             requested_output_names=self.decoding.outputs,
             inputs=[pb_utils.Tensor(name, value) for name, value in feed.items()],
+            # a decoder on the GPU answers in GPU memory, which numpy cannot read
+            preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
         )
         response = request.exec()
         if response.has_error():
@@ -132,8 +139,10 @@ class TritonPythonModel:
                 text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
                 max_tokens = int(self._optional(request, "max_tokens", self.decoding.max_tokens))
                 temperature = float(self._optional(request, "temperature", 0.0))
-                seed = int(self._optional(request, "seed", 0))
-                for piece in self.decoding.pieces(text, max_tokens, temperature, seed):
+                seed = self._optional(request, "seed", None)
+                for piece in self.decoding.pieces(text, max_tokens, temperature, None if seed is None else int(seed)):
+                    if sender.is_cancelled():  # the client went away: stop, free the model for the next
+                        break
                     out = pb_utils.Tensor("text_output", np.array([piece.encode("utf-8")], dtype=np.object_))
                     sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -141,10 +141,11 @@ def readme(name: str, facts: dict[str, Any], checks: dict[str, Any], served: str
         "## Serve it",
         "",
         f"The official container ({CONTAINER}: Triton 2.69; later releases read the same configuration). "
-        "The text model needs the `tokenizers` package in the container's Python:",
+        "The text model needs the `tokenizers` package in the container's Python; the decoder's cache and logits "
+        "pass through shared memory on every step, so give the container more than Docker's 64 MB:",
         "",
         "```bash",
-        f"docker run --rm{gpus} -p 8000:8000 -p 8001:8001 -p 8002:8002 -v \"$PWD\":/models {CONTAINER} \\",
+        f"docker run --rm{gpus} --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 -v \"$PWD\":/models {CONTAINER} \\",
         "  bash -c 'pip install tokenizers && tritonserver --model-repository=/models'",
         "```",
         "",
@@ -163,6 +164,11 @@ def readme(name: str, facts: dict[str, Any], checks: dict[str, Any], served: str
         "",
         f"The graph was run with onnxruntime beside PyTorch; the decode loop of `{TEXT_MODEL}/1/model.py` gave the graph's greedy tokens "
         f"({facts['decode_loop']['tokens']} tokens).",
+        *([] if checks[served]["ok"] else [
+            "",
+            f"**The served {served} graph is OUTSIDE its tolerance** ({checks[served]['tolerance']}: argmax agreement "
+            f"{checks[served]['argmax_agreement']:.1%}): it does not compute what the model does. Export fp32 or int8 to serve the model itself.",
+        ]),
         "",
         "## Graphs" + onnx_card,
         "Versions: " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()),
@@ -207,6 +213,8 @@ def run_export_triton(spec: ExportTritonSpec, run: Run) -> dict[str, Any]:
         if precision != served:
             for path in (graphs / graph, graphs / f"{graph}.data"):
                 path.unlink(missing_ok=True)
+    facts["graphs"] = {served: GRAPHS[served]}
+    facts["files"] = [f"{DECODER}/1/{p.name}" for p in sorted(graphs.iterdir())]
     facts["max_tokens"] = spec.max_tokens
     (text_dir / "decoding.json").write_text(json.dumps({
         k: facts[k] for k in ("layers", "kv_heads", "head_dim", "eos_token_ids", "max_tokens", "context_length")
