@@ -145,8 +145,9 @@ def verification_frame(checks: dict[str, dict[str, Any]]) -> pd.DataFrame:
             if key == "ok":
                 value = "yes" if value else "OUTSIDE TOLERANCE"
             elif key == "greedy_match":
-                value = f"{'yes' if value else 'no'} ({check.get('steps')} steps)" if value or check.get("greedy_first_mismatch") is None \
-                    else f"no: parts at step {check['greedy_first_mismatch']} of {check.get('steps')}"
+                parted = check.get("greedy_first_mismatch")
+                value = f"yes ({check.get('steps')} steps)" if value else \
+                    (f"no: parts at step {parted} of {check.get('steps')}" if parted is not None else f"no ({check.get('steps')} steps)")
             elif key == "argmax_agreement" and value is not None:
                 value = f"{value:.1%}"
             elif key == "bytes":
