@@ -13,6 +13,7 @@ STATUS_COLOURS = {
     "failed": "#f85149",
     "cancelled": "#d29922",
     "paused": "#a371f7",
+    "stopped": "#9aa4b2",
 }
 
 

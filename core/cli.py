@@ -22,9 +22,10 @@ command a job shows is the same command with the same flags.
     python -m core export merge|onnx|triton --model NAME --name OUT [--int8] [--int4] [--wait] [--json]
     python -m core export list|show EXPORT [--json]
     python -m core export delete EXPORT --yes
+    python -m core serve --model NAME [--model NAME2 ...] [--host H] [--port P] [--api-key-env VAR] [--wait] [--json]
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
-    python -m core jobs cancel|pause ID [--wait]
+    python -m core jobs cancel|pause|stop ID [--wait]
     python -m core jobs logs ID [--lines N] [--follow]
     python -m core jobs wait ID
 
@@ -101,8 +102,8 @@ def _wait_and_report(job_id: int) -> int:
         return 130
     if tty:
         sys.stderr.write("\n")
-    if job.status == "succeeded":
-        print(f"job {job_id} succeeded", file=sys.stderr)
+    if job.status in ("succeeded", "stopped"):  # stopped: a service's normal end
+        print(f"job {job_id} {job.status}", file=sys.stderr)
         return 0
     why = f" ({job.error_class})" if job.error_class else ""
     print(f"job {job_id} {job.status}{why}: {job.error or ''}", file=sys.stderr)
@@ -128,7 +129,32 @@ def _started(job_id: int, wait: bool, as_json: bool) -> int:
 def submit_spec(spec: Spec, wait: bool = False, as_json: bool = False) -> int:
     job_id = jobs.submit(spec)
     print(f"{spec.title()}: job {job_id}", file=sys.stderr)
+    if spec.service:
+        return _service_started(job_id, wait, as_json)
     return _started(job_id, wait, as_json)
+
+
+def _service_started(job_id: int, wait: bool, as_json: bool) -> int:
+    """A service: wait until it listens (or ends), say where; with --wait, until it is stopped."""
+    while True:
+        jobs.refresh()
+        job = jobs.get(job_id)
+        endpoint = (job.result or {}).get("endpoint")
+        if endpoint or job.status in jobs.TERMINAL:
+            break
+        time.sleep(0.3)
+    if endpoint and job.status == "running":
+        print(f"listening on {endpoint['url']} (OpenAI API base: {endpoint['api_base']}); "
+              f"stop it: python -m core jobs stop {job_id}", file=sys.stderr)
+    code = _wait_and_report(job_id) if wait else (0 if job.status == "running" else 1)
+    job = jobs.get(job_id)
+    if not wait and job.status in jobs.TERMINAL:
+        print(f"job {job_id} {job.status}: {job.error or ''}", file=sys.stderr)
+    if as_json:
+        _print_json({"job_id": job_id, "status": job.status, "error": job.error, **(job.result or {})})
+    else:
+        print(job_id)
+    return code
 
 
 # --- commands derived from the specs ------------------------------------------------------
@@ -559,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     }
     verbs = {noun: parser.add_subparsers(dest="verb", required=True) for noun, parser in nouns.items()}
     for kind in KINDS.values():  # the commands that start a job, from the specs
-        add_spec_command(verbs[kind.spec.command[0]], kind.spec)
+        command = kind.spec.command
+        add_spec_command(top if len(command) == 1 else verbs[command[0]], kind.spec)
 
     c = top.add_parser("run", help="run a spec file of any kind (the YAML a page shows)")
     c.add_argument("spec", help="a YAML (or JSON) spec file with `kind:` and the fields")
@@ -670,6 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=jobs_show)
     c = j.add_parser("cancel", help="graceful stop; a second cancel kills")
+    c.add_argument("id", type=int)
+    c.add_argument("--wait", action="store_true")
+    c.set_defaults(func=jobs_cancel)
+    c = j.add_parser("stop", help="stop a service (a server, a deployment); the same as cancel")
     c.add_argument("id", type=int)
     c.add_argument("--wait", action="store_true")
     c.set_defaults(func=jobs_cancel)

@@ -27,6 +27,7 @@ from core.jobs.run import Run
 from core.models.create import CreateModelSpec, run_create_model
 from core.models.importer import ImportModelSpec, run_import_model
 from core.models.starter import AddStarterSpec, run_add_starter
+from core.serving.service import ServeSpec, run_serve
 from core.spec import Spec, SpecError
 from core.training.dpo import DPOSpec, run_dpo
 from core.training.grpo import GRPOSpec, run_grpo
@@ -60,6 +61,7 @@ KINDS: dict[str, Kind] = {
         Kind(EvalJudgeSpec, run_eval_judge),
         Kind(EvalLmEvalSpec, run_eval_lm_eval),
         Kind(EvalRewardSpec, run_eval_reward),
+        Kind(ServeSpec, run_serve),
     )
 }
 

@@ -105,7 +105,8 @@ def run_job(job_id: int) -> int:
         status, error_class, error = "succeeded", None, None
     except Cancelled as exc:
         paused = bool((exc.result or {}).get("paused"))
-        status, error_class, error, result = "paused" if paused else "cancelled", None, exc.message, exc.result
+        ended = "paused" if paused else jobs.stopped_status(jobs.get(job_id).kind)
+        status, error_class, error, result = ended, None, exc.message, exc.result
         print(f"{exc.message}: stopped cleanly", flush=True)
     except BaseException as exc:
         traceback.print_exc()
@@ -210,7 +211,7 @@ def supervise(job_id: int) -> int:
     if jobs.get(job_id).cancel_requested_at is not None:
         request_stop()
     if cancel_at:
-        jobs.finish(job_id, "cancelled", error="cancelled before it started")
+        jobs.finish(job_id, jobs.stopped_status(job.kind), error="cancelled before it started")
         jobs.refresh()
         return 1
 
@@ -255,7 +256,8 @@ def supervise(job_id: int) -> int:
 
     # The job process records its own end; if it could not, say how it died.
     if cancel_at:
-        jobs.finish(job_id, "cancelled", error="cancelled (killed after the grace period)" if code < 0 else "cancelled")
+        ended = jobs.stopped_status(job.kind)
+        jobs.finish(job_id, ended, error=f"{ended} (killed after the grace period)" if code < 0 else ended)
     elif code < 0:
         name = SIGNAL_NAMES.get(-code, f"signal {-code}")
         hint = " (SIGKILL from outside is most often the out-of-memory killer)" if -code == signal.SIGKILL else ""

@@ -46,12 +46,14 @@ EXAMPLES: dict[str, dict] = {
     # the lm-eval replay once dropped seed and batch_size: a replay ran with seed 0
     "eval_lm_eval": dict(model="m", tasks=["a", "b"], seed=3, batch_size=2, limit=4),
     "eval_reward": dict(model="m", dataset="d", reward_model="rm", max_new_tokens=16, checkpoints=True),
+    "serve": dict(models=["m", "an adapter"], host="0.0.0.0", port=8123, api_key="sekrit", max_tokens=64, cache_tokens=4096),
 }
 
 
 @pytest.fixture(autouse=True)
 def judge_key(monkeypatch):
     monkeypatch.setenv("JUDGE_API_KEY", "sekrit")  # what a replayed --judge-api-key-env reads
+    monkeypatch.setenv("API_KEY", "sekrit")  # and --api-key-env
 
 
 def test_every_kind_has_an_example():
@@ -84,7 +86,7 @@ def test_traits_are_consistent(kind):
     fields = set(cls.model_fields)
     assert set(cls.input_models) <= fields and set(cls.input_datasets) <= fields
     assert set(cls.positional) <= fields and set(cls.flags) <= fields and set(cls.secrets) <= fields
-    assert cls.command and cls.command[0] in ("models", "data", "train", "eval", "export")
+    assert cls.command and cls.command[0] in ("models", "data", "train", "eval", "export", "serve")
     if cls.output in ("model", "dataset", "export"):
         assert cls.output_field in fields
     assert bool(cls.export_format) == (cls.output == "export")

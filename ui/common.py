@@ -30,6 +30,7 @@ STATUS_ICONS = {
     "failed": ":material/error:",
     "cancelled": ":material/cancel:",
     "paused": ":material/pause_circle:",
+    "stopped": ":material/stop_circle:",
 }
 
 

@@ -1,8 +1,9 @@
 """The job lifecycle: submit, queue, launch, watch, cancel, detect lost workers.
 
-    queued -> running -> succeeded | failed | cancelled | paused
+    queued -> running -> succeeded | failed | cancelled | paused | stopped
 
-(paused: a training run stopped with a checkpoint, to be resumed)
+(paused: a training run stopped with a checkpoint, to be resumed; stopped: a
+service, which runs until asked to stop, that was asked)
 
 `submit(spec)` checks the spec's inputs, reserves its outputs, writes the row and
 runs/<id>/spec.json, and starts a worker (`python -m core.worker <id>`) if its
@@ -43,8 +44,8 @@ from storage.db import data_home, database_url, session, write_lock
 from storage.tables import Event, Job, Metric, utcnow
 
 ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled", "paused")
-STOPPED = ("cancelled", "paused")
+TERMINAL = ("succeeded", "failed", "cancelled", "paused", "stopped")
+STOPPED = ("cancelled", "paused", "stopped")
 """Ended because someone asked: not an error."""
 ERROR_CLASSES = ("bad_input", "out_of_memory", "crashed", "lost")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -247,7 +248,7 @@ def refresh() -> None:
                 _kill(job.pid, signal.SIGKILL)
                 alive = False
             if not alive:
-                finish(job.id, "cancelled", error="cancelled")
+                finish(job.id, stopped_status(job.kind), error="cancelled")
         elif not alive:
             finish(
                 job.id,
@@ -269,6 +270,14 @@ def _kill(pid: Optional[int], sig: int) -> None:
         pass
 
 
+def stopped_status(kind: str) -> str:
+    """How a job of this kind ends when asked to stop: a service "stopped" (that
+    is what it is for), anything else "cancelled"."""
+    from core.kinds import traits
+
+    return "stopped" if traits(kind).service else "cancelled"
+
+
 def cancel(job_id: int, mode: str = "cancel") -> str:
     """Ask a job to stop. A queued job ends at once; a running one gets SIGTERM
     (a graceful stop; its worker kills it after the grace period) and SIGKILL on
@@ -282,9 +291,10 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
 
         if not traits(job.kind).resumes:
             raise ValueError(f"job {job_id} is a {job.kind} job: it cannot continue from a checkpoint, so it is not paused; cancel it instead")
+    ended = stopped_status(job.kind)
     if job.status == "queued":
-        if finish(job_id, "cancelled", error="cancelled before it started", only_from=("queued",)):
-            return "cancelled (it had not started)"
+        if finish(job_id, ended, error="cancelled before it started", only_from=("queued",)):
+            return f"{ended} (it had not started)"
         job = get(job_id)  # it started in the meantime: stop it like a running one
     if job.status in TERMINAL:
         return f"already {job.status}"
@@ -292,7 +302,7 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
     if job.cancel_requested_at is not None:
         if local:
             _kill(job.pid, signal.SIGKILL)
-        finish(job_id, "cancelled", error="cancelled (killed on second cancel)")
+        finish(job_id, ended, error="cancelled (killed on second cancel)")
         start_queued()
         return "killed"
     with session() as s:
@@ -302,11 +312,12 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
             .values(
                 cancel_requested_at=utcnow(),
                 stop_mode=mode,
-                progress_message="pausing: writing a checkpoint" if mode == "pause" else "cancelling",
+                progress_message="pausing: writing a checkpoint" if mode == "pause" else "stopping" if ended == "stopped" else "cancelling",
             )
         ).rowcount
         if asked:
-            s.add(Event(message=f"{'Pause' if mode == 'pause' else 'Cancel'} requested for job {job_id}", job_id=job_id))
+            asked_for = "Pause" if mode == "pause" else "Stop" if ended == "stopped" else "Cancel"
+            s.add(Event(message=f"{asked_for} requested for job {job_id}", job_id=job_id))
     if not asked:
         return f"already {get(job_id).status}"
     if local and (job.result or {}).get("processes", 1) == 1:
@@ -346,7 +357,7 @@ def finish(
         models.settle_outputs(s, job)
         datasets.settle_outputs(s, job)
         exports.settle_outputs(s, job)
-        what = {"succeeded": "succeeded", "cancelled": "was cancelled", "paused": "was paused"}.get(
+        what = {"succeeded": "succeeded", "cancelled": "was cancelled", "paused": "was paused", "stopped": "was stopped"}.get(
             status, f"failed ({error_class})"
         )
         s.add(Event(message=f"Job {job_id} {what}: {job.title}", job_id=job_id))

@@ -98,6 +98,21 @@ class Run:
         with session() as s:
             s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running").values(**values))
 
+    def publish(self, facts: dict[str, Any]) -> None:
+        """Show facts while the job runs (a service's endpoint, as soon as it
+        listens): merged into the job's result, which its end replaces."""
+        from sqlalchemy import update
+
+        from core.jobs import lifecycle as jobs
+        from storage.db import session
+        from storage.tables import Job
+
+        if not self.is_main:
+            return
+        merged = {**(jobs.get(self.job_id).result or {}), **facts}
+        with session() as s:
+            s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running").values(result=merged))
+
     def metrics(self, step: int, values: dict[str, float]) -> None:
         """Record per-step metrics (loss, lr, tokens/s, ...)."""
         from storage.db import session

@@ -53,9 +53,11 @@ def resolve_inputs(s: Session, spec: Any) -> list[int]:
     (e.g. the model and a judge model), each a name or an id."""
     ids = []
     for field_name in spec.input_models:
-        ref = str(getattr(spec, field_name) or "").strip()
-        if ref:
-            ids.append(outputs.resolve(s, Model, ref, field_name, "model", "models").id)
+        value = getattr(spec, field_name)
+        for ref in value if isinstance(value, list) else [value]:
+            ref = str(ref or "").strip()
+            if ref:
+                ids.append(outputs.resolve(s, Model, ref, field_name, "model", "models").id)
     return ids
 
 
