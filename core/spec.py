@@ -29,6 +29,7 @@ of the platform reads the traits, never a kind's name:
     busy             what an active job means for the models it reads
     input_models     fields that name models the job reads
     input_datasets   fields that name data sets the job reads
+    input_exports    fields that name exports the job reads (they cannot be deleted meanwhile)
     dataset_formats  the data set formats those fields accept
 """
 
@@ -121,6 +122,7 @@ class Spec(BaseModel):
     busy: ClassVar[str] = "in use"
     input_models: ClassVar[tuple[str, ...]] = ()
     input_datasets: ClassVar[tuple[str, ...]] = ()
+    input_exports: ClassVar[tuple[str, ...]] = ()
     dataset_formats: ClassVar[tuple[str, ...]] = ()
     # fields holding a secret (an API key): never printed; `<field>_env` names
     # an environment variable to read it from, in YAML and on the CLI

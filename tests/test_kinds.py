@@ -46,7 +46,7 @@ EXAMPLES: dict[str, dict] = {
     # the lm-eval replay once dropped seed and batch_size: a replay ran with seed 0
     "eval_lm_eval": dict(model="m", tasks=["a", "b"], seed=3, batch_size=2, limit=4),
     "eval_reward": dict(model="m", dataset="d", reward_model="rm", max_new_tokens=16, checkpoints=True),
-    "serve": dict(models=["m", "an adapter"], host="0.0.0.0", port=8123, api_key="sekrit", max_tokens=64, cache_tokens=4096),
+    "serve": dict(models=["m", "an adapter"], backend="onnx", exports=["m onnx"], host="0.0.0.0", port=8123, api_key="sekrit", max_tokens=64, cache_tokens=4096),
 }
 
 

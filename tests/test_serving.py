@@ -22,6 +22,8 @@ from conftest import ROOT, _stop_workers, wait_for
 from core.data.importer import ImportDatasetSpec
 from core.evaluation import judge
 from core.evaluation.judge import EvalJudgeSpec
+from core.export import registry as exports
+from core.export.onnx import ExportOnnxSpec
 from core.inference import generate
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
@@ -85,14 +87,17 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """One server for the module: a tiny llama behind an API key, with small limits."""
+    """One server for the module: a tiny llama (PyTorch) and its ONNX export
+    (onnxruntime) behind an API key, with small limits."""
     home = tmp_path_factory.mktemp("serving") / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMDEV_HOME", str(home))
         mp.delenv("DATABASE_URL", raising=False)
         db.dispose_engines()
         ok(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny", seed=3)))
-        job_id, endpoint = start_server(ServeSpec(models=["tiny"], port=0, api_key=KEY, max_tokens=200, max_request_kb=16))
+        ok(jobs.submit(ExportOnnxSpec(model="tiny", output_name="tiny-onnx", verify_steps=4)))
+        job_id, endpoint = start_server(ServeSpec(models=["tiny"], exports=["tiny-onnx"], port=0, api_key=KEY,
+                                                  max_tokens=200, max_request_kb=16))
         # the server outlives the tests between (their `home` teardown waits for the workers it knows)
         mine = [p for p in jobs._children if p.poll() is None]
         jobs._children[:] = [p for p in jobs._children if p not in mine]
@@ -110,7 +115,7 @@ def served(tmp_path_factory):
 
 def test_models_completion_and_chat_answer_like_greedy_generate(served):
     client = served.client()
-    assert [m.id for m in client.models.list()] == ["tiny"]
+    assert sorted((m.id, m.backend) for m in client.models.list()) == [("tiny", "torch"), ("tiny-onnx", "onnx")]
 
     prompt = "The sky is"
     reply = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=0)
@@ -216,7 +221,7 @@ def test_bad_requests_get_openai_errors_with_the_right_codes(served):
 
 def test_health_and_prometheus_metrics(served):
     health = httpx.get(served.url + "/health")
-    assert health.status_code == 200 and health.json() == {"status": "ok", "models": ["tiny"]}
+    assert health.status_code == 200 and health.json() == {"status": "ok", "models": ["tiny", "tiny-onnx"]}
     assert httpx.get(served.url + "/metrics").status_code == 401  # behind the key like /v1
     before = served.metric("llmdev_completion_tokens_total")
     reply = served.client().completions.create(model="tiny", prompt="Hello", max_tokens=10, temperature=0)
@@ -259,6 +264,38 @@ def test_four_concurrent_streaming_clients_each_get_their_own_greedy_answer(serv
     assert [got.get(i) for i in range(4)] == expected
 
 
+def test_the_onnx_backend_answers_as_pytorch_does_batched_and_seeded(served):
+    prompts = ["The cat", "Bees make honey because", "Once upon a time", "Numbers: 1 2 3"]
+    expected = [served.greedy(p, 24, special=True) for p in prompts]
+    got: dict[int, tuple[str, int]] = {}
+
+    def ask(i: int) -> None:
+        stream = served.client().completions.create(model="tiny-onnx", prompt=prompts[i], max_tokens=24, temperature=0,
+                                                    stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        got[i] = ("".join(c.choices[0].text for c in chunks if c.choices), chunks[-1].usage.completion_tokens)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got.get(i) for i in range(4)] == [(text, len(ids)) for text, ids, _ in expected]
+
+    client = served.client()
+    messages = [{"role": "user", "content": "What do bees make?"}]
+    by_torch = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, temperature=0)
+    by_onnx = client.chat.completions.create(model="tiny-onnx", messages=messages, max_tokens=16, temperature=0)
+    assert by_onnx.choices[0].message.content == by_torch.choices[0].message.content
+    assert by_onnx.usage == by_torch.usage
+
+    ask_seeded = dict(model="tiny-onnx", prompt="Bees", max_tokens=16, temperature=1.0, top_p=0.9, seed=5)
+    assert client.completions.create(**ask_seeded).choices[0].text == client.completions.create(**ask_seeded).choices[0].text
+
+    with pytest.raises(exports.ExportError, match="in use by job"):
+        exports.delete(exports.find("tiny-onnx").id)  # not while it is served
+
+
 # --- the service ---------------------------------------------------------------------------------
 
 
@@ -299,6 +336,11 @@ def test_a_server_takes_no_slot_a_judge_uses_it_and_it_stops_from_another_proces
                                 batch_size=2, save_steps=10, eval_steps=0))
     wait_for(lambda: jobs.get(train).status != "queued", 30, what="the training run to start beside the server")
     ok(train)
+    with pytest.raises(SpecError) as no_export:  # --backend onnx needs the model's ONNX export
+        jobs.submit(ServeSpec(models=["tuned"], backend="onnx", port=0))
+    assert no_export.value.field == "backend" and "export onnx --model tuned" in str(no_export.value)
+    with pytest.raises(SpecError, match="is a triton export|no export"):
+        jobs.submit(ServeSpec(exports=["nothing-here"], port=0))
 
     judge.save_rubric("short", "Q: {question} A: {answer} R: {reference} score:", 1, 5)
     spec = EvalJudgeSpec(model="tiny", dataset="facts", max_samples=2, max_new_tokens=4, rubric="short",

@@ -147,10 +147,25 @@ def delete(export_id: int) -> None:
             raise ExportError(f"there is no export {export_id}")
         if row.status == "creating":
             raise ExportError(f"export '{row.name}' is being made by job {row.job_id}: cancel it first")
+        for job in readers(s, row):
+            raise ExportError(f"export '{row.name}' is in use by job {job.id} ({job.title}): stop it first")
         name = row.name
         s.delete(row)
         s.add(Event(message=f"Export '{name}' deleted"))
     shutil.rmtree(export_dir(export_id), ignore_errors=True)
+
+
+def readers(s: Session, row: Export) -> list[Job]:
+    """Active jobs that read this export (a server serving it): the fields their
+    kind names in `input_exports`, by name or id."""
+    from core.kinds import traits
+
+    found = []
+    for job in outputs.active_jobs(s):
+        refs = [ref for name in traits(job.kind).input_exports for ref in ((job.spec or {}).get(name) or [])]
+        if row.name in refs or str(row.id) in refs:
+            found.append(job)
+    return found
 
 
 def get_or_none(export_id: int) -> Optional[Export]:

@@ -10,6 +10,12 @@ random generator, so a request with a `seed` is generated alone with
 `model.generate` while the batch waits (`manager.pause()`): reproducible, at the
 cost of holding the others for its length.
 
+`OnnxEngine` serves an ONNX export (core/export/onnx.py: one decoder graph with
+its KV cache) with onnxruntime, batched the same way on its own thread: a new
+request is prefilled alone, then joins the decoding batch (its cache padded on
+the left to the batch's length, masked out); a finished one leaves it. Each
+request samples with its own generator, so a seed needs no pause.
+
 `Generation` is what a request handler reads: the text pieces (stop strings cut
 on the text, a half-made multi-byte character held back), the token counts and
 why it ended. Leaving its loop early (a stop string, a client gone) cancels the
@@ -19,11 +25,15 @@ request in the engine.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Optional
+
+import numpy as np
 
 from core.inference import generate
 
@@ -190,6 +200,184 @@ class TorchEngine:
                 raise EngineError(f"{type(errors[0]).__name__}: {errors[0]}")
         finally:
             halt.set()  # a reader that left: generate() ends at its next token
+
+
+# --- ONNX Runtime -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """A request in the ONNX engine: its reply so far and how to hand over new tokens."""
+
+    prompt: list[int]
+    sampling: Sampling
+    deliver: Callable[[Any], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    rng: Any = None
+    length: int = 0
+    """Real tokens in its cache (its next position)."""
+    made: int = 0
+    last: int = 0
+    done: bool = False
+
+
+def pick(logits: np.ndarray, sampling: Sampling, rng) -> int:
+    """The next token from one row of logits: the argmax, or a sample at the
+    request's temperature within its top-p nucleus."""
+    if sampling.greedy:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / sampling.temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if sampling.top_p < 1:
+        order = np.argsort(-p)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), sampling.top_p)) + 1]
+        nucleus = np.zeros_like(p)
+        nucleus[keep] = p[keep]
+        p = nucleus / nucleus.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+class OnnxEngine:
+    """An ONNX export's decoder graph in onnxruntime, batching the requests in flight."""
+
+    backend = "onnx"
+
+    def __init__(self, name: str, folder: Path, graph: str, facts: dict[str, Any], *, created: int,
+                 threads: Optional[int] = None):
+        from transformers import AutoTokenizer
+
+        from core.export.onnx import OrtDecoder
+
+        self.name, self.created, self.graph = name, created, graph
+        self.decoder = OrtDecoder(folder / graph, threads=threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.eos = list(facts.get("eos_token_ids") or [])
+        self.context = facts.get("context_length")
+        self.capacity = self.context or 1 << 30
+        self._inbox: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"onnx-{name}")
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=10)
+
+    async def steps(self, prompt: list[int], sampling: Sampling) -> AsyncIterator[Step]:
+        if not self.running:
+            raise EngineError("the generation thread has stopped; restart the server")
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue = asyncio.Queue()
+        row = _Row(prompt, sampling, lambda item: loop.call_soon_threadsafe(out.put_nowait, item),
+                   rng=np.random.default_rng(sampling.seed))
+        self._inbox.put(row)
+        finished = False
+        try:
+            while not finished:
+                item = await out.get()
+                if isinstance(item, BaseException):
+                    raise EngineError(f"{type(item).__name__}: {item}")
+                yield item
+                finished = item.finished
+        finally:
+            row.cancelled.set()  # the engine drops it before its next step
+
+    # --- the engine's thread ---
+
+    def _loop(self) -> None:
+        batch: list[_Row] = []
+        past: list[np.ndarray] = []
+        mask = np.zeros((0, 0), dtype=np.int64)
+        while not self._stop.is_set():
+            arrivals = []
+            try:
+                arrivals.append(self._inbox.get(timeout=None if not batch else 0))
+                while True:
+                    arrivals.append(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            for row in arrivals:
+                if row is None or row.cancelled.is_set():
+                    continue
+                try:
+                    row_past, row_mask = self._prefill(row)
+                except Exception as exc:  # this request's failure, not the engine's
+                    row.deliver(exc)
+                    continue
+                if not row.done:
+                    batch, past, mask = self._join(batch, past, mask, row, row_past, row_mask)
+            batch, past, mask = self._leave(batch, past, mask)
+            if not batch:
+                continue
+            try:
+                past, mask = self._decode(batch, past, mask)
+            except Exception as exc:
+                for row in batch:
+                    row.deliver(exc)
+                batch, past, mask = [], [], np.zeros((0, 0), dtype=np.int64)
+
+    def _emit(self, row: _Row, token: int) -> None:
+        row.made += 1
+        row.last = token
+        row.done = row.made >= row.sampling.max_tokens or token in self.eos
+        row.deliver(Step([token], row.done))
+
+    def _prefill(self, row: _Row) -> tuple[list[np.ndarray], np.ndarray]:
+        n = len(row.prompt)
+        ids = np.array([row.prompt], dtype=np.int64)
+        mask = np.ones((1, n), dtype=np.int64)
+        logits, present = self.decoder(ids, mask, np.arange(n, dtype=np.int64)[None, :], self.decoder.empty_past(1))
+        row.length = n
+        self._emit(row, pick(logits[0, -1], row.sampling, row.rng))
+        return present, mask
+
+    @staticmethod
+    def _join(batch, past, mask, row, row_past, row_mask):
+        """Add a prefilled request to the batch: the shorter caches padded on the left (masked out)."""
+        if not batch:
+            return [row], row_past, row_mask
+        length = max(mask.shape[1], row_mask.shape[1])
+
+        def left(a: np.ndarray, width: int, axis: int) -> np.ndarray:
+            if a.shape[axis] == width:
+                return a
+            shape = list(a.shape)
+            shape[axis] = width - a.shape[axis]
+            return np.concatenate([np.zeros(shape, dtype=a.dtype), a], axis=axis)
+
+        past = [np.concatenate([left(p, length, 2), left(q, length, 2)], axis=0) for p, q in zip(past, row_past)]
+        mask = np.concatenate([left(mask, length, 1), left(row_mask, length, 1)], axis=0)
+        return batch + [row], past, mask
+
+    @staticmethod
+    def _leave(batch, past, mask):
+        """Drop finished and cancelled requests, and cache columns no one uses any more."""
+        keep = [i for i, row in enumerate(batch) if not row.done and not row.cancelled.is_set()]
+        if len(keep) == len(batch):
+            return batch, past, mask
+        if not keep:
+            return [], [], np.zeros((0, 0), dtype=np.int64)
+        mask = mask[keep]
+        used = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding in every row
+        return [batch[i] for i in keep], [p[keep][:, :, used:] for p in past], mask[:, used:]
+
+    def _decode(self, batch, past, mask):
+        """One step for the whole batch: each request's last token in, its next one out."""
+        ids = np.array([[row.last] for row in batch], dtype=np.int64)
+        positions = np.array([[row.length] for row in batch], dtype=np.int64)
+        mask = np.concatenate([mask, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
+        logits, present = self.decoder(ids, mask, positions, past)
+        for i, row in enumerate(batch):
+            row.length += 1
+            if not row.cancelled.is_set():
+                self._emit(row, pick(logits[i, -1], row.sampling, row.rng))
+        return present, mask
 
 
 @dataclass

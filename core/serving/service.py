@@ -20,12 +20,12 @@ import ipaddress
 import socket
 import threading
 import time
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from core.jobs.run import BadInput, Cancelled, Run
-from core.spec import Spec, SpecError
+from core.spec import Output, Spec, SpecError
 
 
 class ServeSpec(Spec):
@@ -35,13 +35,19 @@ class ServeSpec(Spec):
     kind: ClassVar[str] = "serve"
     command: ClassVar[tuple[str, ...]] = ("serve",)
     service: ClassVar[bool] = True
+    output: ClassVar[Output] = "service"
     busy: ClassVar[str] = "being served"
     input_models: ClassVar[tuple[str, ...]] = ("models",)
+    input_exports: ClassVar[tuple[str, ...]] = ("exports",)
     secrets: ClassVar[tuple[str, ...]] = ("api_key",)
     flags: ClassVar[dict[str, str]] = {"models": "model"}
 
-    models: list[str] = Field(min_length=1)
-    """Models to serve, by name or id; clients ask for them by name."""
+    models: list[str] = []
+    """Registered models to serve (adapters too), by name or id; clients ask for them by name."""
+    backend: Literal["torch", "onnx"] = "torch"
+    """How the models run: torch (PyTorch), or onnx (onnxruntime, on each model's newest ONNX export)."""
+    exports: list[str] = []
+    """ONNX exports to serve (onnxruntime), by name or id; clients ask for them by the export's name."""
     host: str = "127.0.0.1"
     """Address to listen on. Anything but loopback needs an API key."""
     port: int = Field(8000, ge=0, le=65535)
@@ -58,12 +64,10 @@ class ServeSpec(Spec):
     batch_tokens: int = Field(512, ge=16, le=1 << 16)
     """Tokens one forward pass may take (prompt chunks and decode steps of every request together)."""
 
-    @field_validator("models")
+    @field_validator("models", "exports")
     @classmethod
-    def _models(cls, value: list[str]) -> list[str]:
+    def _names(cls, value: list[str]) -> list[str]:
         names = [str(v).strip() for v in value if str(v).strip()]
-        if not names:
-            raise ValueError("name at least one model to serve")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"{', '.join(repeated)} is named twice")
@@ -71,6 +75,8 @@ class ServeSpec(Spec):
 
     @model_validator(mode="after")
     def _address(self) -> "ServeSpec":
+        if not self.models and not self.exports:
+            raise SpecError("models", "name at least one model (or ONNX export) to serve")
         self.host = self.host.strip()
         if not self.host:
             raise SpecError("host", "give an address to listen on, e.g. 127.0.0.1")
@@ -83,7 +89,9 @@ class ServeSpec(Spec):
         return self
 
     def title(self) -> str:
-        return f"Serve {', '.join(repr(m) for m in self.models)} on {self.host}:{self.port or 'a free port'}"
+        served = [repr(m) + (" (onnx)" if self.backend == "onnx" else "") for m in self.models]
+        served += [repr(e) + " (onnx)" for e in self.exports]
+        return f"Serve {', '.join(served)} on {self.host}:{self.port or 'a free port'}"
 
     def check_inputs(self) -> None:
         from core.inference.generate import usable
@@ -97,6 +105,10 @@ class ServeSpec(Spec):
             why = usable(row) if row.status == "available" else None
             if why:
                 raise SpecError("models", why)
+            if self.backend == "onnx":
+                onnx_export_of(row)
+        for ref in self.exports:
+            served_graph(ref)
         if self.port:
             problem = port_problem(self.host, self.port)
             if problem:
@@ -163,6 +175,69 @@ def _holder(port: int) -> str:
     return ""
 
 
+# --- ONNX exports ---------------------------------------------------------------------------
+
+
+def served_graph(ref: str) -> tuple[Any, str]:
+    """(export row, graph file) an ONNX export is served with: its most compact
+    graph that verified within tolerance, else its fp32 graph. SpecError when it
+    cannot be served."""
+    from core.export import registry as exports
+
+    try:
+        row = exports.find(ref)
+    except exports.ExportError as exc:
+        raise SpecError("exports", str(exc)) from None
+    if row.format != "onnx":
+        raise SpecError("exports", f"'{row.name}' is a {row.format} export: serve an ONNX export "
+                        "(a Triton repository is deployed to Triton)")
+    if row.status != "available":
+        raise SpecError("exports", f"export '{row.name}' is {row.status}")
+    graphs = (row.details or {}).get("graphs") or {}
+    checks = row.verification or {}
+    for precision in ("int4", "int8", "fp32"):
+        if precision in graphs and (checks.get(precision) or {}).get("ok"):
+            return row, graphs[precision]
+    return row, graphs.get("fp32", "model.onnx")
+
+
+def onnx_export_of(model_row) -> Any:
+    """A model's newest available ONNX export (for --backend onnx); SpecError if it has none."""
+    from core.export import registry as exports
+
+    found = [r for r in exports.list_exports() if r.model_id == model_row.id and r.format == "onnx" and r.status == "available"]
+    if not found:
+        raise SpecError("backend", f"'{model_row.name}' has no ONNX export: export it first (python -m core export "
+                        f"onnx --model {model_row.name} --name {model_row.name}-onnx) or serve it with --backend torch")
+    return found[-1]
+
+
+def load_engines(spec: ServeSpec, rows: list):
+    """(name, engine loader) for everything the spec serves, in order."""
+    from core.serving.engines import OnnxEngine, TorchEngine
+    from storage.db import data_home
+
+    def onnx(name: str, export_row):
+        row, graph = served_graph(str(export_row.id))
+        created = int(row.created_at.timestamp()) if row.created_at else int(time.time())
+        return lambda: OnnxEngine(name, data_home() / row.path, graph, row.details or {}, created=created,
+                                  threads=spec.threads or None)
+
+    plan = []
+    for row in rows:
+        if spec.backend == "onnx":
+            plan.append((row.name, onnx(row.name, onnx_export_of(row))))
+        else:
+            plan.append((row.name, lambda row=row: TorchEngine(row, cache_tokens=spec.cache_tokens,
+                                                               batch_tokens=spec.batch_tokens)))
+    from core.export import registry as exports
+
+    for ref in spec.exports:
+        row = exports.find(ref)
+        plan.append((row.name, onnx(row.name, row)))
+    return plan
+
+
 # --- the job --------------------------------------------------------------------------------
 
 
@@ -170,7 +245,6 @@ def run_serve(spec: ServeSpec, run: Run) -> dict[str, Any]:
     import uvicorn
 
     from core.models import registry as models
-    from core.serving.engines import TorchEngine
     from core.serving.openai_api import Limits, State, create_app
 
     try:
@@ -178,11 +252,20 @@ def run_serve(spec: ServeSpec, run: Run) -> dict[str, Any]:
     except OSError:
         raise BadInput(port_problem(spec.host, spec.port) or f"cannot listen on {spec.host}:{spec.port}") from None
     port = sock.getsockname()[1]
-    rows = [models.get(i) for i in run.model_ids]
+    try:
+        plan = load_engines(spec, [models.get(i) for i in run.model_ids])
+    except SpecError as exc:  # an export deleted or a model's export gone since the submit
+        sock.close()
+        raise BadInput(str(exc)) from None
+    names = [name for name, _ in plan]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        sock.close()
+        raise BadInput(f"two served models would both be called {', '.join(repeated)}: serve one of them")
     state = State(
         api_key=spec.api_key,
         limits=Limits(max_tokens=spec.max_tokens, max_body_bytes=spec.max_request_kb * 1024),
-        loading=[r.name for r in rows],
+        loading=names,
     )
     server = uvicorn.Server(uvicorn.Config(
         create_app(state), log_level="warning", timeout_graceful_shutdown=3, timeout_keep_alive=5,
@@ -199,12 +282,12 @@ def run_serve(spec: ServeSpec, run: Run) -> dict[str, Any]:
     run.publish({"endpoint": endpoint})
     print(f"listening on {base} (loading {', '.join(state.loading)})", flush=True)
     try:
-        for i, row in enumerate(rows):
-            run.progress(i, len(rows), f"loading '{row.name}' (listening on {base})", force=True)
+        for i, (name, load) in enumerate(plan):
+            run.progress(i, len(plan), f"loading '{name}' (listening on {base})", force=True)
             run.check_cancel()
-            state.engines[row.name] = TorchEngine(row, cache_tokens=spec.cache_tokens, batch_tokens=spec.batch_tokens)
-            state.loading.remove(row.name)
-        run.progress(len(rows), len(rows), f"serving at {base}/v1", force=True)
+            state.engines[name] = load()
+            state.loading.remove(name)
+        run.progress(len(plan), len(plan), f"serving at {base}/v1", force=True)
         print(f"serving {', '.join(state.engines)} at {base}/v1", flush=True)
         while not run.stop.is_set():
             if not thread.is_alive():
