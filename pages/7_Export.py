@@ -1,8 +1,9 @@
-"""Export: merged models, verified ONNX graphs and Triton model repositories, each downloadable."""
+"""Export: merged models, verified ONNX graphs and Triton model repositories, each
+downloadable; and serving them over an OpenAI-compatible API."""
 
 import streamlit as st
 
-from ui import common, export, forms
+from ui import common, export, forms, serving
 
 common.setup_page("Export", "output")
 st.title("Export")
@@ -10,10 +11,14 @@ common.live_jobs_panel()
 forms.last_submitted()
 export.follow()  # an export just started: show it
 forms.keep(export.FORM)  # the form's values, while the Exports tab is open and the form is not drawn
+forms.keep(serving.FORM)
 
-new, done = st.tabs(["New export", "Exports"], key="export_tab", on_change="rerun")
+new, done, serve = st.tabs(["New export", "Exports", "Serve"], key="export_tab", on_change="rerun")
 
-if not done.open:
+if serve.open:
+    with serve:
+        serving.serve_tab()
+elif not done.open:
     with new:
         spec = export.spec_form()
         if spec is not None:

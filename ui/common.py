@@ -91,6 +91,8 @@ def progress_line(job) -> None:
     p = jobs.progress(job)
     eta = f" · ETA {human_seconds(p.eta_s)}" if p.eta_s is not None else ""
     steps = f"{p.step}/{p.total} · " if p.total else (f"{p.step} · " if p.step else "")
+    if traits(job.kind).service:  # runs until stopped: what it is doing says it all
+        steps, eta = "", ""
     text = f"{STATUS_ICONS.get(job.status, '')} **{job_label(job)}** · {steps if job.status != 'queued' else ''}{p.message}{eta}"
     st.progress(p.fraction or 0.0, text=text)
 

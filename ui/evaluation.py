@@ -102,11 +102,20 @@ def spec_form() -> Optional[Any]:
 
 
 def _judge_form(common: dict[str, Any], gen: dict[str, Any]) -> EvalJudgeSpec:
-    source = st.radio("Judge", ["A registered model", "An OpenAI-compatible endpoint"], horizontal=True, key="eval_judge_src")
+    from core.serving.service import live_endpoints
+
+    served = {f"{name} · {e['api_base']} (job {e['job_id']})": (e, name) for e in live_endpoints() for name in e["models"]}
+    sources = ["A registered model", *(["A model served here"] if served else []), "An OpenAI-compatible endpoint"]
+    source = st.radio("Judge", sources, horizontal=True, key="eval_judge_src",
+                      help="A model served here is asked over HTTP like any endpoint: the server batches the judge's "
+                           "questions with its other clients, and it takes no job slot")
     c = st.columns(3)
     fields: dict[str, Any] = {}
     if source == "A registered model":
         fields["judge_model"] = c[0].selectbox("Judge model", [m.name for m in _usable_models()], key="eval_judge_model")
+    elif source == "A model served here":
+        endpoint, name = served[c[0].selectbox("Served model", list(served), key="eval_judge_served")]
+        fields.update(judge_url=endpoint["api_base"], judge_endpoint_model=name, judge_api_key=endpoint["api_key"])
     else:
         fields["judge_url"] = c[0].text_input("Endpoint URL", placeholder="http://127.0.0.1:8000/v1", key="eval_judge_url")
         fields["judge_endpoint_model"] = c[1].text_input("Model name at the endpoint", key="eval_judge_ep_model")

@@ -305,3 +305,70 @@ def run_serve(spec: ServeSpec, run: Run) -> dict[str, Any]:
         for engine in state.engines.values():
             engine.close()
     raise Cancelled("stopped", result={"endpoint": endpoint})
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def live_endpoints() -> list[dict[str, Any]]:
+    """The running services that listen, newest first: their job, URL, API base,
+    models and key (for this platform's own pages and jobs: a judge, a test request)."""
+    from core.jobs import lifecycle as jobs
+    from core.kinds import traits
+
+    found = []
+    for job in jobs.list_jobs(status="running"):
+        endpoint = (job.result or {}).get("endpoint")
+        if traits(job.kind).service and endpoint:
+            found.append(dict(endpoint, job_id=job.id, title=job.title, api_key=(job.spec or {}).get("api_key", "")))
+    return found
+
+
+def health(url: str, timeout: float = 1.0) -> dict[str, Any]:
+    """A server's /health answer ({"status": "ok" | "loading" | "error" | "unreachable", ...})."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503 while loading, with its reason
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return {"status": "error", "error": f"HTTP {exc.code}"}
+    except (OSError, ValueError) as exc:
+        return {"status": "unreachable", "error": str(exc)}
+
+
+def send_test_request(endpoint: dict[str, Any], model: str, prompt: str, max_tokens: int = 64,
+                 temperature: float = 0.0) -> dict[str, Any]:
+    """One chat completion from a served model, as any client sends it: {"content",
+    "usage", "finish_reason", "seconds"}; ValueError with the server's message."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": temperature}
+    headers = {"Content-Type": "application/json"}
+    if endpoint.get("api_key"):
+        headers["Authorization"] = f"Bearer {endpoint['api_key']}"
+    request = urllib.request.Request(endpoint["api_base"] + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            data = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise ValueError(f"the server answered {exc.code}: {message}") from None
+    except OSError as exc:
+        raise ValueError(f"the server did not answer: {exc}") from None
+    choice = data["choices"][0]
+    return {"content": choice["message"]["content"], "finish_reason": choice["finish_reason"], "usage": data["usage"],
+            "seconds": time.perf_counter() - start}
