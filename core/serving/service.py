@@ -91,7 +91,8 @@ class ServeSpec(Spec):
     def title(self) -> str:
         served = [repr(m) + (" (onnx)" if self.backend == "onnx" else "") for m in self.models]
         served += [repr(e) + " (onnx)" for e in self.exports]
-        return f"Serve {', '.join(served)} on {self.host}:{self.port or 'a free port'}"
+        where = f"{self.host}:{self.port}" if self.port else f"{self.host}, a free port"
+        return f"Serve {', '.join(served)} on {where}"
 
     def check_inputs(self) -> None:
         from core.inference.generate import usable
