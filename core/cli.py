@@ -22,7 +22,9 @@ command a job shows is the same command with the same flags.
     python -m core export merge|onnx|triton --model NAME --name OUT [--int8] [--int4] [--wait] [--json]
     python -m core export list|show EXPORT [--json]
     python -m core export delete EXPORT --yes
-    python -m core serve --model NAME [--model NAME2 ...] [--host H] [--port P] [--api-key-env VAR] [--wait] [--json]
+    python -m core serve --model NAME [--model NAME2 ...] [--export ONNX] [--backend torch|onnx] [--host H] [--port P] [--api-key-env VAR] [--wait] [--json]
+    python -m core deploy setup-triton
+    python -m core deploy triton --export NAME [--http-port P] [--grpc-port G] [--wait] [--json]
     python -m core jobs list [--status S] [--json]
     python -m core jobs show ID [--json]
     python -m core jobs cancel|pause|stop ID [--wait]
@@ -570,6 +572,14 @@ def jobs_wait(args) -> int:
     return _wait_and_report(args.id)
 
 
+def deploy_setup(args) -> int:
+    from core.serving import triton_deploy
+
+    triton_deploy.setup_env(lambda line: print(line, file=sys.stderr, flush=True))
+    print(triton_deploy.env_dir())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.kinds import KINDS
 
@@ -581,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": top.add_parser("train", help="train a model (SPEC.yaml, a kind, or resume a run)"),
         "eval": top.add_parser("eval", help="evaluate models; results, samples, judge rubrics"),
         "export": top.add_parser("export", help="merge adapters; export to ONNX and Triton; list exports"),
+        "deploy": top.add_parser("deploy", help="deploy a Triton repository to a Triton server on this machine"),
         "jobs": top.add_parser("jobs", help="watch and control jobs"),
     }
     verbs = {noun: parser.add_subparsers(dest="verb", required=True) for noun, parser in nouns.items()}
@@ -686,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("export")
     c.add_argument("--yes", action="store_true", help="confirm")
     c.set_defaults(func=export_delete)
+
+    c = verbs["deploy"].add_parser("setup-triton", help="make Triton's own environment (nvidia-pytriton; once, ~60 MB)")
+    c.set_defaults(func=deploy_setup)
 
     j = verbs["jobs"]
     c = j.add_parser("list")

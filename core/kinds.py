@@ -28,6 +28,7 @@ from core.models.create import CreateModelSpec, run_create_model
 from core.models.importer import ImportModelSpec, run_import_model
 from core.models.starter import AddStarterSpec, run_add_starter
 from core.serving.service import ServeSpec, run_serve
+from core.serving.triton_deploy import DeployTritonSpec, run_deploy_triton
 from core.spec import Spec, SpecError
 from core.training.dpo import DPOSpec, run_dpo
 from core.training.grpo import GRPOSpec, run_grpo
@@ -62,6 +63,7 @@ KINDS: dict[str, Kind] = {
         Kind(EvalLmEvalSpec, run_eval_lm_eval),
         Kind(EvalRewardSpec, run_eval_reward),
         Kind(ServeSpec, run_serve),
+        Kind(DeployTritonSpec, run_deploy_triton),
     )
 }
 

@@ -46,6 +46,7 @@ EXAMPLES: dict[str, dict] = {
     # the lm-eval replay once dropped seed and batch_size: a replay ran with seed 0
     "eval_lm_eval": dict(model="m", tasks=["a", "b"], seed=3, batch_size=2, limit=4),
     "eval_reward": dict(model="m", dataset="d", reward_model="rm", max_new_tokens=16, checkpoints=True),
+    "deploy_triton": dict(export="m triton", http_port=8100, grpc_port=8101, threads=1),
     "serve": dict(models=["m", "an adapter"], backend="onnx", exports=["m onnx"], host="0.0.0.0", port=8123, api_key="sekrit", max_tokens=64, cache_tokens=4096),
 }
 
@@ -86,7 +87,7 @@ def test_traits_are_consistent(kind):
     fields = set(cls.model_fields)
     assert set(cls.input_models) <= fields and set(cls.input_datasets) <= fields
     assert set(cls.positional) <= fields and set(cls.flags) <= fields and set(cls.secrets) <= fields
-    assert cls.command and cls.command[0] in ("models", "data", "train", "eval", "export", "serve")
+    assert cls.command and cls.command[0] in ("models", "data", "train", "eval", "export", "serve", "deploy")
     if cls.output in ("model", "dataset", "export"):
         assert cls.output_field in fields
     assert bool(cls.export_format) == (cls.output == "export")

@@ -162,7 +162,8 @@ def readers(s: Session, row: Export) -> list[Job]:
 
     found = []
     for job in outputs.active_jobs(s):
-        refs = [ref for name in traits(job.kind).input_exports for ref in ((job.spec or {}).get(name) or [])]
+        values = [(job.spec or {}).get(name) for name in traits(job.kind).input_exports]
+        refs = [str(ref) for value in values for ref in (value if isinstance(value, list) else [value]) if ref]
         if row.name in refs or str(row.id) in refs:
             found.append(job)
     return found

@@ -40,7 +40,7 @@ class ServeSpec(Spec):
     input_models: ClassVar[tuple[str, ...]] = ("models",)
     input_exports: ClassVar[tuple[str, ...]] = ("exports",)
     secrets: ClassVar[tuple[str, ...]] = ("api_key",)
-    flags: ClassVar[dict[str, str]] = {"models": "model"}
+    flags: ClassVar[dict[str, str]] = {"models": "model", "exports": "export"}
 
     models: list[str] = []
     """Registered models to serve (adapters too), by name or id; clients ask for them by name."""
@@ -278,7 +278,7 @@ def run_serve(spec: ServeSpec, run: Run) -> dict[str, Any]:
     if not thread.is_alive():
         raise RuntimeError("the HTTP server did not start (see the log above)")
     base = f"http://{url_host(spec.host)}:{port}"
-    endpoint = {"url": base, "api_base": f"{base}/v1", "host": spec.host, "port": port, "models": state.loading[:],
+    endpoint = {"protocol": "openai", "url": base, "api_base": f"{base}/v1", "host": spec.host, "port": port, "models": state.loading[:],
                 "auth": bool(spec.api_key)}
     run.publish({"endpoint": endpoint})
     print(f"listening on {base} (loading {', '.join(state.loading)})", flush=True)
@@ -312,7 +312,7 @@ def run_serve(spec: ServeSpec, run: Run) -> dict[str, Any]:
 
 
 def live_endpoints() -> list[dict[str, Any]]:
-    """The running services that listen, newest first: their job, URL, API base,
+    """The running OpenAI-compatible services that listen, newest first: their job, URL, API base,
     models and key (for this platform's own pages and jobs: a judge, a test request)."""
     from core.jobs import lifecycle as jobs
     from core.kinds import traits
@@ -320,7 +320,7 @@ def live_endpoints() -> list[dict[str, Any]]:
     found = []
     for job in jobs.list_jobs(status="running"):
         endpoint = (job.result or {}).get("endpoint")
-        if traits(job.kind).service and endpoint:
+        if traits(job.kind).service and endpoint and endpoint.get("api_base"):
             found.append(dict(endpoint, job_id=job.id, title=job.title, api_key=(job.spec or {}).get("api_key", "")))
     return found
 
