@@ -34,6 +34,7 @@ def test_serve_tab_without_models_says_what_is_needed(page):
     page.run()
     no_exceptions(page)
     assert any("Serving needs a model" in i.value for i in page.info)
+    assert any("No Triton repository yet" in i.value for i in page.info)
     assert any("No server is running" in i.value for i in page.info)
 
 

@@ -15,7 +15,9 @@ import psutil
 import pytest
 import torch
 
-from conftest import wait_for
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, wait_for
 from core.export.triton_repo import ExportTritonSpec
 from core.inference.generate import eos_ids, load
 from core.jobs import lifecycle as jobs
@@ -24,6 +26,7 @@ from core.models.create import CreateModelSpec
 from core.serving import triton_deploy
 from core.serving.triton_deploy import DeployTritonSpec
 from core.spec import SpecError
+from ui import serving
 
 PROMPT = "The capital of France is"
 
@@ -100,7 +103,21 @@ def test_a_deployed_repository_streams_pytorchs_greedy_text_and_a_killed_one_is_
     assert "".join(grpc_stream(endpoint["grpc"], PROMPT, 12)) == expected
     assert triton_deploy.send_triton_request(endpoint, PROMPT, 12)["text"] == expected
 
-    assert jobs.cancel(job_id) == "stopping"
+    # the Export page's Serve tab shows it, sends its test request and stops it
+    page = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
+    page.run()
+    page.switch_page("pages/7_Export.py")
+    page.session_state["export_tab"] = "Serve"
+    page.run()
+    assert [e.value for e in page.exception] == []
+    assert any(endpoint["url"] in m.value and endpoint["grpc"] in m.value for m in page.markdown)
+    assert any(f"curl -N {endpoint['generate_stream']}" in c.value for c in page.code)
+    page.text_input(key=f"srv_triton_prompt_{job_id}").set_value(PROMPT).run()
+    page.number_input(key=f"srv_triton_tokens_{job_id}").set_value(12).run()
+    page.button(key=f"serve_triton_send_{job_id}").click().run()
+    assert any(t.value.strip() == serving.shown_reply(expected).strip() for t in page.text)  # (st.text trims)
+    page.button(key=f"serve_stop_{job_id}").click().run()
+    assert [e.value for e in page.exception] == []
     job = jobs.wait(job_id, timeout_s=60)
     assert job.status == "stopped" and job.result["endpoint"]["url"] == endpoint["url"]
     assert not triton_deploy.ready(endpoint["url"])

@@ -1,6 +1,6 @@
-"""Serving pieces of the Export page: start an OpenAI-compatible server, the
-servers with their URL, copyable `curl` and `openai` snippets, a test request,
-and stop."""
+"""Serving pieces of the Export page: start an OpenAI-compatible server or a
+Triton deployment, the running ones with their URL, copyable `curl`, `openai`
+and `tritonclient` snippets, a test request, and stop."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from core.export import registry as exports
 from core.jobs import lifecycle as jobs
 from core.kinds import traits
 from core.models import registry as models
-from core.serving import service
+from core.serving import service, triton_deploy
 from core.serving.service import ServeSpec
+from core.serving.triton_deploy import DeployTritonSpec
 from core.spec import SpecError
 from ui import forms
 
@@ -55,8 +56,13 @@ def _servers() -> list:
 
 def _starting(active: list) -> bool:
     """A server that does not answer yet (starting, or loading its models)."""
-    return any(service.health((j.result or {}).get("endpoint", {}).get("url", ""), 0.5).get("status") != "ok"
-               if (j.result or {}).get("endpoint") else True for j in active)
+    for job in active:
+        endpoint = (job.result or {}).get("endpoint")
+        if not endpoint:
+            return True
+        if endpoint.get("protocol") != "triton" and service.health(endpoint["url"], 0.5).get("status") != "ok":
+            return True
+    return False
 
 
 def servers_panel() -> None:
@@ -92,13 +98,23 @@ def server_card(job) -> None:
     if not endpoint:
         st.caption(jobs.progress(job).message)
         return
-    state = service.health(endpoint["url"])
+    if endpoint.get("protocol") == "triton":
+        state = {"status": "ok" if triton_deploy.ready(endpoint["url"]) else "unreachable"}
+    else:
+        state = service.health(endpoint["url"])
     word = {"ok": ":green[ready]", "loading": ":orange[loading models]"}.get(state.get("status"),
                                                                              f":red[{state.get('status')}]")
-    st.markdown(f"{word} · API base `{endpoint['api_base']}` · "
-                f"{'key required' if endpoint.get('auth') else 'no key (this machine only)'}")
+    if endpoint.get("protocol") == "triton":
+        st.markdown(f"{word} · HTTP `{endpoint['url']}` · gRPC `{endpoint['grpc']}` · models "
+                    f"{', '.join(endpoint['models'])}")
+    else:
+        st.markdown(f"{word} · API base `{endpoint['api_base']}` · "
+                    f"{'key required' if endpoint.get('auth') else 'no key (this machine only)'}")
     if state.get("error"):
         st.error(state["error"])
+    if endpoint.get("protocol") == "triton":
+        triton_card(job.id, endpoint)
+        return
     model = endpoint["models"][0]
     curl, python, test = st.tabs(["curl", "Python (openai)", "Test request"])
     with curl:
@@ -164,16 +180,96 @@ def shown_reply(content: str) -> str:
     return content if content.strip() else f"(only whitespace: {content!r})"
 
 
+def triton_card(job_id: int, endpoint: dict[str, Any]) -> None:
+    curl, python, test = st.tabs(["curl", "Python (tritonclient, gRPC)", "Test request"])
+    with curl:
+        body = json.dumps({"text_input": "The capital of France is", "max_tokens": 32})
+        st.code(f"curl -N {endpoint['generate_stream']} \\\n  -d '{body}'", language="bash")
+        st.caption("One server-sent event per piece of text. Plain `infer` is refused (501): the model streams.")
+    with python:
+        st.code(triton_snippet(endpoint), language="python")
+    with test:
+        c = st.columns([3, 1])
+        prompt = c[0].text_input("Text to continue", "The capital of France is", key=f"srv_triton_prompt_{job_id}")
+        max_tokens = c[1].number_input("Max tokens", 1, 4096, 32, key=f"srv_triton_tokens_{job_id}")
+        if st.button("Send test request", key=f"serve_triton_send_{job_id}", type="primary"):
+            try:
+                st.session_state[f"srv_triton_reply_{job_id}"] = triton_deploy.send_triton_request(
+                    endpoint, prompt, int(max_tokens))
+            except ValueError as exc:
+                st.session_state[f"srv_triton_reply_{job_id}"] = {"error": str(exc)}
+        reply = st.session_state.get(f"srv_triton_reply_{job_id}")
+        if reply and reply.get("error"):
+            st.error(reply["error"])
+        elif reply:
+            st.text(shown_reply(reply["text"]))
+            st.caption(f"{len(reply['pieces'])} streamed pieces · {reply['seconds']:.2f} s")
+
+
+def triton_snippet(endpoint: dict[str, Any]) -> str:
+    return "\n".join([
+        "import queue",
+        "",
+        "import numpy as np",
+        "import tritonclient.grpc as grpcclient",
+        "",
+        "answers = queue.Queue()",
+        f'client = grpcclient.InferenceServerClient(url="{endpoint["grpc"]}")',
+        'text = grpcclient.InferInput("text_input", [1], "BYTES")',
+        'text.set_data_from_numpy(np.array([b"The capital of France is"], dtype=np.object_))',
+        "client.start_stream(callback=lambda result, error: answers.put((result, error)))",
+        'client.async_stream_infer("text_generation", [text], enable_empty_final_response=True)',
+        "while True:",
+        "    result, error = answers.get()",
+        "    if error or result.get_response().parameters[\"triton_final_response\"].bool_param:",
+        "        break",
+        '    print(result.as_numpy("text_output")[0].decode(), end="", flush=True)',
+        "client.stop_stream()  # an open stream holds the server's shutdown",
+        "client.close()",
+    ])
+
+
+def deploy_form() -> Optional[DeployTritonSpec]:
+    repositories = [e.name for e in exports.list_exports() if e.format == "triton" and e.status == "available"]
+    if not repositories:
+        st.info("No Triton repository yet: make one in the New export tab (Triton model repository).")
+        return None
+    c = st.columns(3)
+    export = c[0].selectbox("Triton repository", repositories, key="srv_triton_export", help=DeployTritonSpec.doc("export"))
+    http = forms.field(DeployTritonSpec, "http_port", "HTTP port (0: any free)", key="srv_triton_http", where=c[1])
+    grpc = forms.field(DeployTritonSpec, "grpc_port", "gRPC port (0: any free)", key="srv_triton_grpc", where=c[2])
+    why = triton_deploy.env_problem()
+    if why:
+        st.caption(f"The first deployment prepares Triton's own environment (once, ~60 MB download): {why}")
+    try:
+        return DeployTritonSpec(export=export, http_port=http or 0, grpc_port=grpc or 0)
+    except SpecError as exc:
+        st.error(forms.page_words(str(exc)))
+        return None
+
+
 def serve_tab() -> None:
-    """The Serve tab: the form, Start, and the servers."""
-    spec = spec_form()
-    if spec is not None:
-        with st.expander("The same from a terminal", expanded=False):
-            st.code(spec.replay(), language="bash")
-        if st.button("Start server", type="primary", key="serve_start"):
-            forms.submit(lambda: spec)
-    st.caption("A server is a service: it runs until stopped, takes no job slot (training and evaluations go on "
-               "beside it), and keeps running when this page or the app closes. The LLM-as-judge evaluation can "
-               "ask a served model (Evaluation page).")
+    """The Serve tab: the forms, Start, and the running servers and deployments."""
+    server, deployment = st.tabs(["OpenAI-compatible server", "Triton deployment"])
+    with server:
+        spec = spec_form()
+        if spec is not None:
+            with st.expander("The same from a terminal", expanded=False):
+                st.code(spec.replay(), language="bash")
+            if st.button("Start server", type="primary", key="serve_start"):
+                forms.submit(lambda: spec)
+        st.caption("A server is a service: it runs until stopped, takes no job slot (training and evaluations go on "
+                   "beside it), and keeps running when this page or the app closes. The LLM-as-judge evaluation can "
+                   "ask a served model (Evaluation page).")
+    with deployment:
+        deploy = deploy_form()
+        if deploy is not None:
+            with st.expander("The same from a terminal", expanded=False):
+                st.code(deploy.replay(), language="bash")
+            if st.button("Deploy to Triton", type="primary", key="serve_deploy"):
+                forms.submit(lambda: deploy)
+        st.caption("A real Triton Inference Server (the one nvidia-pytriton bundles, Python backend only) on this "
+                   "machine: the repository's text model as exported, its ONNX decoder run by a Python-backend twin "
+                   "with the same tensors. In production, run the repository in NVIDIA's container (its README).")
     st.divider()
     servers_panel()
