@@ -14,10 +14,7 @@ new, results, runs, samples, rubrics = st.tabs(["New evaluation", "Results", "Co
 with new:
     spec = evaluation.spec_form()
     if spec is not None:
-        with st.expander("The same from a terminal", expanded=False):
-            st.code(spec.replay() + " --wait", language="bash")
-        if st.button("Start evaluation", type="primary", key="eval_start"):
-            forms.submit(lambda: spec)
+        forms.start(spec, "Start evaluation", key="eval_start")
 
 with results:
     evaluation.results_panel()

@@ -22,10 +22,7 @@ elif not done.open:
     with new:
         spec = export.spec_form()
         if spec is not None:
-            with st.expander("The same from a terminal", expanded=False):
-                st.code(spec.replay() + " --wait", language="bash")
-            if st.button("Start export", type="primary", key="export_start"):
-                forms.submit(lambda: spec, on_started=export.show_export)
+            forms.start(spec, "Start export", key="export_start", on_started=export.show_export)
         st.caption(
             "Every ONNX graph is verified against PyTorch with onnxruntime (logits on a prompt and a left-padded batch, "
             "greedy tokens with the cache, argmax agreement, speed); the numbers stay with the export, in or out of tolerance."

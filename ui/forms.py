@@ -110,6 +110,15 @@ def submit(make_spec: Callable[[], Any], on_started: Callable[[int], None] | Non
     st.rerun()
 
 
+def start(spec: Spec, label: str, key: str, on_started: Callable[[int], None] | None = None) -> None:
+    """Below a form: its command line (folded) and the button that starts it
+    (a job waits with --wait; a service runs until stopped, so it does not)."""
+    with st.expander("The same from a terminal", expanded=False):
+        st.code(spec.replay() + ("" if spec.service else " --wait"), language="bash")
+    if st.button(label, type="primary", key=key):
+        submit(lambda: spec, on_started=on_started)
+
+
 def _refused(message: str) -> None:
     st.session_state["submit_refused"] = message
     st.session_state.pop("last_submitted", None)

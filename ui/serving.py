@@ -250,26 +250,21 @@ def deploy_form() -> Optional[DeployTritonSpec]:
 
 def serve_tab() -> None:
     """The Serve tab: the forms, Start, and the running servers and deployments."""
-    server, deployment = st.tabs(["OpenAI-compatible server", "Triton deployment"])
-    with server:
-        spec = spec_form()
-        if spec is not None:
-            with st.expander("The same from a terminal", expanded=False):
-                st.code(spec.replay(), language="bash")
-            if st.button("Start server", type="primary", key="serve_start"):
-                forms.submit(lambda: spec)
-        st.caption("A server is a service: it runs until stopped, takes no job slot (training and evaluations go on "
-                   "beside it), and keeps running when this page or the app closes. The LLM-as-judge evaluation can "
-                   "ask a served model (Evaluation page).")
-    with deployment:
-        deploy = deploy_form()
-        if deploy is not None:
-            with st.expander("The same from a terminal", expanded=False):
-                st.code(deploy.replay(), language="bash")
-            if st.button("Deploy to Triton", type="primary", key="serve_deploy"):
-                forms.submit(lambda: deploy)
-        st.caption("A real Triton Inference Server (the one nvidia-pytriton bundles, Python backend only) on this "
-                   "machine: the repository's text model as exported, its ONNX decoder run by a Python-backend twin "
-                   "with the same tensors. In production, run the repository in NVIDIA's container (its README).")
+    sections = [
+        ("OpenAI-compatible server", spec_form, "Start server", "serve_start",
+         "A server is a service: it runs until stopped, takes no job slot (training and evaluations go on beside "
+         "it), and keeps running when this page or the app closes. The LLM-as-judge evaluation can ask a served "
+         "model (Evaluation page)."),
+        ("Triton deployment", deploy_form, "Deploy to Triton", "serve_deploy",
+         "A real Triton Inference Server (the one nvidia-pytriton bundles, Python backend only) on this machine: the "
+         "repository's text model as exported, its ONNX decoder run by a Python-backend twin with the same tensors. "
+         "In production, run the repository in NVIDIA's container (its README)."),
+    ]
+    for tab, (_, form, label, key, caption) in zip(st.tabs([s[0] for s in sections]), sections):
+        with tab:
+            spec = form()
+            if spec is not None:
+                forms.start(spec, label, key=key)
+            st.caption(caption)
     st.divider()
     servers_panel()

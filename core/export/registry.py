@@ -87,6 +87,17 @@ def publish(export_id: int, job_id: int, facts: dict[str, Any]) -> None:
 # --- reading ------------------------------------------------------------------------------
 
 
+def find_available(ref: str, fmt: str, other_format: str) -> Export:
+    """An available export of format `fmt` by name or id; ExportError otherwise
+    (`other_format` tells what to do with an export of another format)."""
+    row = find(ref)
+    if row.format != fmt:
+        raise ExportError(f"'{row.name}' is {'an' if row.format[0] in 'aeiou' else 'a'} {row.format} export: {other_format}")
+    if row.status != "available":
+        raise ExportError(f"export '{row.name}' is {row.status}")
+    return row
+
+
 def list_exports() -> list[Export]:
     with session() as s:
         return list(s.scalars(select(Export).order_by(Export.id)).all())

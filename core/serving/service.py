@@ -186,14 +186,10 @@ def served_graph(ref: str) -> tuple[Any, str]:
     from core.export import registry as exports
 
     try:
-        row = exports.find(ref)
+        row = exports.find_available(ref, "onnx", "serve an ONNX export (a Triton repository is deployed: "
+                                     "python -m core deploy triton)")
     except exports.ExportError as exc:
         raise SpecError("exports", str(exc)) from None
-    if row.format != "onnx":
-        raise SpecError("exports", f"'{row.name}' is a {row.format} export: serve an ONNX export "
-                        "(a Triton repository is deployed to Triton)")
-    if row.status != "available":
-        raise SpecError("exports", f"export '{row.name}' is {row.status}")
     graphs = (row.details or {}).get("graphs") or {}
     checks = row.verification or {}
     for precision in ("int4", "int8", "fp32"):

@@ -210,15 +210,10 @@ def triton_export(ref: str):
     from core.export import registry as exports
 
     try:
-        row = exports.find(ref)
+        return exports.find_available(ref, "triton", "deploy a Triton repository (python -m core export triton ...), "
+                                      "or serve an ONNX export with python -m core serve --export")
     except exports.ExportError as exc:
         raise SpecError("export", str(exc)) from None
-    if row.format != "triton":
-        raise SpecError("export", f"'{row.name}' is an {row.format} export: deploy a Triton repository "
-                        f"(python -m core export triton ...), or serve an ONNX export with python -m core serve --export")
-    if row.status != "available":
-        raise SpecError("export", f"export '{row.name}' is {row.status}")
-    return row
 
 
 def _free_port(host: str) -> int:
