@@ -325,21 +325,24 @@ def test_a_taken_port_is_refused_with_who_holds_it(home, cli):
     assert out.returncode == 2 and "API key" in out.stderr
 
 
-def test_a_server_takes_no_slot_a_judge_uses_it_and_it_stops_from_another_process(served):
+def test_a_server_takes_no_slot_serves_an_adapter_and_ends_stopped_or_lost(served):
     """With one heavy slot (the default), a training run and a judge evaluation run
-    while the server is up; the judge asks the served model."""
+    while the server is up (the judge asks the served model); the adapter trained
+    meanwhile is served by `python -m core serve`, which says where it listens, and
+    answers like PeftModel.generate; a server whose process is SIGKILLed is marked
+    lost; another process stops the first one."""
     facts = served.home.parent / "facts.jsonl"
     facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 2))
     ok(jobs.submit(ImportDatasetSpec(path=str(facts), name="facts", validation_fraction=0)))
     assert jobs.lane(jobs.get(served.job_id)) == "service"
-    train = jobs.submit(SFTSpec(model="tiny", dataset="facts", output_name="tuned", method="lora", max_steps=2,
-                                batch_size=2, save_steps=10, eval_steps=0))
+    train = jobs.submit(SFTSpec(model="tiny", dataset="facts", output_name="adapter", method="lora", max_steps=3,
+                                batch_size=2, learning_rate=5e-3, save_steps=10, eval_steps=0))
     wait_for(lambda: jobs.get(train).status != "queued", 30, what="the training run to start beside the server")
     ok(train)
     with pytest.raises(SpecError) as no_export:  # --backend onnx needs the model's ONNX export
-        jobs.submit(ServeSpec(models=["tuned"], backend="onnx", port=0))
-    assert no_export.value.field == "backend" and "export onnx --model tuned" in str(no_export.value)
-    with pytest.raises(SpecError, match="is a triton export|no export"):
+        jobs.submit(ServeSpec(models=["adapter"], backend="onnx", port=0))
+    assert no_export.value.field == "backend" and "export onnx --model adapter" in str(no_export.value)
+    with pytest.raises(SpecError, match="no export"):
         jobs.submit(ServeSpec(exports=["nothing-here"], port=0))
 
     judge.save_rubric("short", "Q: {question} A: {answer} R: {reference} score:", 1, 5)
@@ -356,27 +359,9 @@ def test_a_server_takes_no_slot_a_judge_uses_it_and_it_stops_from_another_proces
     replies = [[s["extra"]["judge_reply"] for s in evals.samples(j.id)] for j in (by_server, local)]
     assert replies[0] == replies[1]
 
-    # a new process (the CLI) stops the server this process started
-    out = subprocess.run([sys.executable, "-m", "core", "jobs", "stop", str(served.job_id), "--wait"], cwd=ROOT,
+    # the adapter, served from the command line
+    out = subprocess.run([sys.executable, "-m", "core", "serve", "--model", "adapter", "--port", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "stopped" in out.stdout, out.stderr
-    job = jobs.get(served.job_id)
-    assert job.status == "stopped" and job.error_class is None
-    assert job.result["endpoint"]["url"] == served.url  # where it was, kept
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(served.url + "/health")
-
-
-def test_an_adapter_is_served_and_a_killed_server_is_lost(home, cli):
-    """`python -m core serve` prints where it listens; an adapter answers like
-    PeftModel.generate; a server whose process is SIGKILLed is marked lost."""
-    ok(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny", seed=3)))
-    path = home.parent / "facts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 2))
-    ok(jobs.submit(ImportDatasetSpec(path=str(path), name="facts", validation_fraction=0)))
-    ok(jobs.submit(SFTSpec(model="tiny", dataset="facts", output_name="adapter", method="lora", max_steps=3,
-                           batch_size=2, learning_rate=5e-3, save_steps=10, eval_steps=0)))
-    out = cli("serve", "--model", "adapter", "--port", "0")
     assert out.returncode == 0, out.stderr
     job_id = int(out.stdout.split()[-1])
     url = (jobs.get(job_id).result or {})["endpoint"]["url"]
@@ -404,3 +389,13 @@ def test_an_adapter_is_served_and_a_killed_server_is_lost(home, cli):
 
     job = wait_for(ended, 60, what="the server to be marked lost")
     assert job.status == "failed" and job.error_class == "lost"
+
+    # a new process (the CLI) stops the server this process started
+    out = subprocess.run([sys.executable, "-m", "core", "jobs", "stop", str(served.job_id), "--wait"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "stopped" in out.stdout, out.stderr
+    job = jobs.get(served.job_id)
+    assert job.status == "stopped" and job.error_class is None
+    assert job.result["endpoint"]["url"] == served.url  # where it was, kept
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(served.url + "/health")

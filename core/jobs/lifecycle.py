@@ -558,7 +558,7 @@ def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: ("***" if k.endswith("api_key") and v else v) for k, v in (spec or {}).items()}
 
 
-def wait(job_id: int, *, poll_s: float = 0.5, timeout_s: Optional[float] = None, on_poll=None) -> Job:
+def wait(job_id: int, *, poll_s: float = 0.2, timeout_s: Optional[float] = None, on_poll=None) -> Job:
     """Block until the job ends (refreshing, so a lost worker is noticed)."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     while True:
