@@ -4,8 +4,8 @@ ids into new token ids as they are made, and those into text.
 `TorchEngine` serves a registered model or adapter with transformers' continuous
 batching: one background thread steps every request in flight together, and a
 request joins or leaves the batch between steps (so 8 clients share one forward
-pass instead of waiting in line). Sampling settings are per request (the
-manager's per-request processors; greedy is top_k=1). The manager has one
+pass instead of waiting in line). Sampling settings are per request
+(`_cheap_sampling`: greedy keeps the argmax). The manager has one
 random generator, so a request with a `seed` is generated alone with
 `model.generate` while the batch waits (`manager.pause()`): reproducible, at the
 cost of holding the others for its length.
@@ -65,6 +65,46 @@ class Step:
     finished: bool
 
 
+def _cheap_sampling():
+    """The manager's per-request logits processing, made cheap for greedy requests:
+    a temperature step where 0 keeps only the argmax (a max, not a sort), and a
+    top-p step that sorts only when some request in the batch asks for top-p < 1.
+    (transformers' own per-request top-k and top-p sort the whole vocabulary for
+    every request at every step: a quarter of the starter's throughput at 8 clients.)"""
+    import torch
+    from transformers.generation.continuous_batching.cb_logits_processors import (
+        ContinuousBatchingLogitsProcessor, ContinuousBatchingLogitsProcessorList, ContinuousBatchingTopPLogitsWarper,
+    )
+    from transformers.generation.logits_process import LogitsProcessorList, TopPLogitsWarper
+
+    class Temperature(ContinuousBatchingLogitsProcessor):
+        supported_kwargs = {"temperature": float}
+        ignored_kwargs = ()
+
+        def fill_defaults(self, int32_tensor):
+            int32_tensor.copy_(torch.ones_like(int32_tensor, dtype=torch.float32).view(dtype=torch.int32))
+
+        def prepare_tensor_args(self, requests_with_new_token):
+            values = [r.state.logit_processor_kwargs.get("temperature", 1.0) for r in requests_with_new_token]
+            return torch.tensor(values, dtype=torch.float32).view(dtype=torch.int32)
+
+        def __call__(self, scores, tensor_arg):
+            t = tensor_arg[: scores.size(0)].view(dtype=torch.float32).unsqueeze(-1)
+            greedy = t == 0
+            best = scores.masked_fill(scores < scores.max(dim=-1, keepdim=True).values, float("-inf"))
+            return torch.where(greedy, best, scores / torch.where(greedy, torch.ones_like(t), t))
+
+    class TopP(ContinuousBatchingTopPLogitsWarper):
+        def __call__(self, scores, tensor_arg):
+            if bool((tensor_arg[: scores.size(0)].view(dtype=torch.float32) >= 1).all()):
+                return scores
+            return super().__call__(scores, tensor_arg)
+
+    processors = ContinuousBatchingLogitsProcessorList(LogitsProcessorList([Temperature(), TopP(TopPLogitsWarper(1.0))]))
+    processors.tensors_required = 2
+    return processors
+
+
 class TorchEngine:
     """A registered model (an adapter on its base) under a continuous-batching manager."""
 
@@ -84,18 +124,15 @@ class TorchEngine:
         pages = max(1, -(-cache_tokens // PAGE_TOKENS))
         self.capacity = pages * PAGE_TOKENS
         """Tokens one request may hold in the cache (prompt + reply): more stops the manager's thread."""
-        # Sampling settings given here only make the manager build the per-request
-        # processors (temperature, top-k, top-p); every request sends its own.
-        config = GenerationConfig(
-            do_sample=True, temperature=0.5, top_k=self.vocab, top_p=0.5, max_new_tokens=16,
-            eos_token_id=self.eos or -1, pad_token_id=self._pad(),
-        )
+        # every request sends its own temperature (0: greedy) and top-p
+        config = GenerationConfig(do_sample=True, max_new_tokens=16, eos_token_id=self.eos or -1, pad_token_id=self._pad())
         self.manager = self.model.init_continuous_batching(
             generation_config=config,
             continuous_batching_config=ContinuousBatchingConfig(
-                num_blocks=pages, page_size=PAGE_TOKENS, max_batch_tokens=batch_tokens, per_request_processors=True,
+                num_blocks=pages, page_size=PAGE_TOKENS, max_batch_tokens=batch_tokens,
             ),
         )
+        self.manager.logit_processor = _cheap_sampling()
         with torch.inference_mode():
             self.manager.start()
         self._seeded = threading.Lock()
@@ -120,10 +157,8 @@ class TorchEngine:
             return
         if not self.manager.is_running():
             raise EngineError("the generation thread has stopped; restart the server")
-        if sampling.greedy:  # the argmax, through the sampler: top_k=1 leaves one token to draw
-            kwargs: dict[str, Any] = dict(temperature=1.0, top_k=1, top_p=1.0)
-        else:
-            kwargs = dict(temperature=float(sampling.temperature), top_k=self.vocab, top_p=float(sampling.top_p))
+        # temperature 0: the argmax, through the sampler (one token left to draw)
+        kwargs: dict[str, Any] = dict(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
         rid = uuid.uuid4().hex
         outputs: asyncio.Queue = asyncio.Queue()
         self.manager.register_result_handler(rid, outputs.put_nowait)  # before add_request: no output is missed

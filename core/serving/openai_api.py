@@ -209,6 +209,14 @@ def create_app(state: State) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        import traceback
+
+        traceback.print_exception(exc)  # into the job's log
+        return JSONResponse(ApiError(500, f"the server failed: {type(exc).__name__}: {exc}", type_="server_error").body(),
+                            status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=None).body(), status_code=exc.status_code)
