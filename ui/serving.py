@@ -5,7 +5,7 @@ and `tritonclient` snippets, a test request, and stop."""
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import streamlit as st
 
@@ -158,21 +158,30 @@ def test_box(job_id: int, endpoint: dict[str, Any], ready: bool) -> None:
     model = c[0].selectbox("Model", endpoint["models"], key=f"srv_test_model_{job_id}")
     max_tokens = c[1].number_input("Max tokens", 1, 4096, 64, key=f"srv_test_tokens_{job_id}")
     prompt = st.text_area("Message", "Hello! Who are you?", key=f"srv_test_prompt_{job_id}", height=80)
-    if st.button("Send test request", key=f"serve_test_send_{job_id}", disabled=not ready, type="primary",
-                 help=None if ready else "the models are still loading"):
-        try:
-            st.session_state[f"srv_test_reply_{job_id}"] = service.send_test_request(found, model, prompt, int(max_tokens))
-        except ValueError as exc:
-            st.session_state[f"srv_test_reply_{job_id}"] = {"error": str(exc)}
-    reply = st.session_state.get(f"srv_test_reply_{job_id}")
-    if reply and reply.get("error"):
-        st.error(reply["error"])
-    elif reply:
+    reply = _sent(f"srv_test_reply_{job_id}", f"serve_test_send_{job_id}",
+                  lambda: service.send_test_request(found, model, prompt, int(max_tokens)), disabled=not ready,
+                  help=None if ready else "the models are still loading")
+    if reply:
         st.markdown("**Reply**")
         st.text(shown_reply(reply["content"]))
         usage = reply["usage"]
         st.caption(f"{usage['prompt_tokens']} prompt + {usage['completion_tokens']} new tokens · "
                    f"finish: {reply['finish_reason']} · {reply['seconds']:.2f} s")
+
+
+def _sent(state_key: str, button_key: str, send: Callable[[], dict], **button: Any) -> Optional[dict]:
+    """The "Send test request" button: the last reply kept in the session (None
+    before one, or when it failed: the error is shown)."""
+    if st.button("Send test request", key=button_key, type="primary", **button):
+        try:
+            st.session_state[state_key] = send()
+        except ValueError as exc:
+            st.session_state[state_key] = {"error": str(exc)}
+    reply = st.session_state.get(state_key)
+    if reply and reply.get("error"):
+        st.error(reply["error"])
+        return None
+    return reply
 
 
 def shown_reply(content: str) -> str:
@@ -192,16 +201,9 @@ def triton_card(job_id: int, endpoint: dict[str, Any]) -> None:
         c = st.columns([3, 1])
         prompt = c[0].text_input("Text to continue", "The capital of France is", key=f"srv_triton_prompt_{job_id}")
         max_tokens = c[1].number_input("Max tokens", 1, 4096, 32, key=f"srv_triton_tokens_{job_id}")
-        if st.button("Send test request", key=f"serve_triton_send_{job_id}", type="primary"):
-            try:
-                st.session_state[f"srv_triton_reply_{job_id}"] = triton_deploy.send_triton_request(
-                    endpoint, prompt, int(max_tokens))
-            except ValueError as exc:
-                st.session_state[f"srv_triton_reply_{job_id}"] = {"error": str(exc)}
-        reply = st.session_state.get(f"srv_triton_reply_{job_id}")
-        if reply and reply.get("error"):
-            st.error(reply["error"])
-        elif reply:
+        reply = _sent(f"srv_triton_reply_{job_id}", f"serve_triton_send_{job_id}",
+                      lambda: triton_deploy.send_triton_request(endpoint, prompt, int(max_tokens)))
+        if reply:
             st.text(shown_reply(reply["text"]))
             st.caption(f"{len(reply['pieces'])} streamed pieces · {reply['seconds']:.2f} s")
 

@@ -120,7 +120,6 @@ class TorchEngine:
         self.created = int(row.created_at.timestamp()) if row.created_at else int(time.time())
         self.eos = generate.eos_ids(self.model, self.tokenizer)
         self.context = generate.context_length(self.model)
-        self.vocab = int(self.model.config.get_text_config().vocab_size)
         pages = max(1, -(-cache_tokens // PAGE_TOKENS))
         self.capacity = pages * PAGE_TOKENS
         """Tokens one request may hold in the cache (prompt + reply): more stops the manager's thread."""

@@ -214,24 +214,20 @@ def load_engines(spec: ServeSpec, rows: list):
     from core.serving.engines import OnnxEngine, TorchEngine
     from storage.db import data_home
 
-    def onnx(name: str, export_row):
-        row, graph = served_graph(str(export_row.id))
+    def onnx(ref: str, name: Optional[str] = None):
+        row, graph = served_graph(ref)
         created = int(row.created_at.timestamp()) if row.created_at else int(time.time())
-        return lambda: OnnxEngine(name, data_home() / row.path, graph, row.details or {}, created=created,
-                                  threads=spec.threads or None)
+        return name or row.name, lambda: OnnxEngine(name or row.name, data_home() / row.path, graph, row.details or {},
+                                                     created=created, threads=spec.threads or None)
 
     plan = []
     for row in rows:
-        if spec.backend == "onnx":
-            plan.append((row.name, onnx(row.name, onnx_export_of(row))))
+        if spec.backend == "onnx":  # clients still ask for the model by its own name
+            plan.append(onnx(str(onnx_export_of(row).id), row.name))
         else:
             plan.append((row.name, lambda row=row: TorchEngine(row, cache_tokens=spec.cache_tokens,
                                                                batch_tokens=spec.batch_tokens)))
-    from core.export import registry as exports
-
-    for ref in spec.exports:
-        row = exports.find(ref)
-        plan.append((row.name, onnx(row.name, row)))
+    plan += [onnx(ref) for ref in spec.exports]
     return plan
 
 
