@@ -414,6 +414,40 @@ class OnnxEngine:
         return present, mask
 
 
+class _Detokenizer:
+    """New token ids -> the text they add, in time linear in the reply: the Rust
+    tokenizer's stream decoder holds a half-made multi-byte character back until its
+    last byte comes (as `transformers serve` streams). A tokenizer without a Rust
+    backend decodes the whole reply each step instead."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self.stream = DecodeStream(skip_special_tokens=True)
+        self.ids: list[int] = []
+        self.text = ""
+
+    def step(self, new: list[int]) -> str:
+        self.ids += new
+        if self.backend is not None:
+            piece = "".join(p for t in new if (p := self.stream.step(self.backend, t)) is not None)
+        else:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            piece = "" if text.endswith("\ufffd") else text[len(self.text):]  # half a character: wait
+        self.text += piece
+        return piece
+
+    def finish(self) -> str:
+        """What is still held back at the end (bytes that never made a character)."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece = text[len(self.text):] if text.startswith(self.text) else ""
+        self.text += piece
+        return piece
+
+
 @dataclass
 class Generation:
     """One request's reply: text pieces from an engine's token steps."""
@@ -429,10 +463,10 @@ class Generation:
 
     async def pieces(self) -> AsyncIterator[str]:
         """The reply's text, piece by piece, never showing a stop string or any part of one."""
-        tokenizer, eos = self.engine.tokenizer, set(self.engine.eos)
+        eos = set(self.engine.eos)
+        detokenizer = _Detokenizer(self.engine.tokenizer)
         start = time.perf_counter()
-        ids: list[int] = []
-        shown = ""
+        full = shown = ""
         steps = self.engine.steps(self.prompt, self.sampling)
         try:
             async for step in steps:
@@ -441,11 +475,10 @@ class Generation:
                 self.completion_tokens += len(step.tokens)
                 if any(t in eos for t in step.tokens):
                     self.finish_reason = "stop"
-                ids += [t for t in step.tokens if t not in eos]
-                full = tokenizer.decode(ids, skip_special_tokens=True)
-                if full.endswith("\ufffd") and not step.finished:
-                    continue  # half of a multi-byte character: wait for the rest
-                text, stopped = generate.visible_text(full, self.stop)
+                full += detokenizer.step([t for t in step.tokens if t not in eos])
+                if step.finished:
+                    full += detokenizer.finish()
+                text, stopped = generate.visible_text(full, self.stop) if self.stop else (full, False)
                 if step.finished and not stopped:
                     text = full  # the end: nothing is held back any more
                 if len(text) > len(shown):
