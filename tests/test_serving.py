@@ -179,6 +179,26 @@ def test_a_seed_gives_the_same_sample_and_sampling_follows_the_settings(served):
     assert len(samples | {greedy}) > 1  # unseeded temperature-1 samples are not all the greedy answer
 
 
+def test_per_request_sampling_in_one_batch_keeps_greedy_rows_greedy():
+    """The manager takes the argmax of what `_cheap_sampling` leaves: a greedy row is
+    untouched, a sampled row keeps exactly one token, top-p 0 keeps the best one."""
+    from core.serving.engines import _cheap_sampling
+
+    processors = _cheap_sampling()
+    scores = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    args = torch.zeros(processors.tensors_required, 4, dtype=torch.int32)
+    temperature = torch.tensor([0.0, 1.0, 0.7, 1.0])
+    top_p = torch.tensor([1.0, 1.0, 1.0, 1e-6])
+    args[0], args[1], args[2] = temperature.view(torch.int32), top_p.view(torch.int32), temperature.view(torch.int32)
+    out = processors(torch.zeros(4, dtype=torch.long), scores.clone(), args)
+    assert torch.equal(out[0], scores[0])  # greedy: left for the argmax
+    assert [int(torch.isfinite(row).sum()) for row in out[1:]] == [1, 1, 1]  # a drawn token each
+    assert int(out[3].argmax()) == int(scores[3].argmax())  # top-p ~0: only the best token can be drawn
+    all_greedy = torch.zeros_like(args)
+    all_greedy[1] = torch.ones(4).view(torch.int32)
+    assert torch.equal(processors(torch.zeros(4, dtype=torch.long), scores.clone(), all_greedy), scores)
+
+
 def test_bad_requests_get_openai_errors_with_the_right_codes(served):
     with pytest.raises(openai.AuthenticationError) as bad_key:
         served.client("wrong").models.list()
