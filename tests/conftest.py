@@ -70,6 +70,54 @@ def home(tmp_path, monkeypatch, request):
     db.dispose_engines()
 
 
+@pytest.fixture(scope="session")
+def _templates(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("templates")
+
+
+@pytest.fixture
+def prepared(home, _templates):
+    """`prepared(key, build)`: fill this test's fresh home with what `build()` makes
+    (models, data sets: real jobs), running `build` only for the first test that asks
+    for `key`: later ones get a copy of that home, database included, as it was when
+    `build` ended. Every test still starts from its own home; most of a fixture's
+    cost is the job processes' start-up, paid once per key instead of once per test.
+    On PostgreSQL (the database is not in the home) `build` runs every time."""
+    import shutil
+
+    from storage import db
+
+    def prepare(key: str, build) -> None:
+        template = _templates / key
+        if os.environ.get("DATABASE_URL"):
+            build()
+        elif template.exists():
+            db.dispose_engines()
+            shutil.copytree(template, home, symlinks=True, dirs_exist_ok=True)
+        else:
+            build()
+            wait_for(lambda: not _worker_pids(home), 30, what="the workers to exit")
+            db.dispose_engines()  # SQLite's write-ahead log folded into the database file
+            shutil.copytree(home, template, symlinks=True)
+
+    return prepare
+
+
+@pytest.fixture
+def tiny_llama(home, prepared):
+    """The registry row of a tiny llama named "tiny" (the model most page and browser tests start from)."""
+    from core.jobs import lifecycle as jobs
+    from core.models import registry as models
+    from core.models.create import CreateModelSpec
+
+    def build():
+        job = jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120)
+        assert job.status == "succeeded", job.log_tail
+
+    prepared("tiny-llama", build)
+    return models.find("tiny")
+
+
 def _worker_pids(home: Path) -> list[int]:
     """Worker processes (supervisors and job processes) of this data home."""
     import psutil

@@ -23,15 +23,18 @@ PAIRS = [(f"Tell me about {t}.", f"Yes, {t} is lovely.", "No. No. No.") for t in
 
 
 @pytest.fixture
-def prefs(home, tmp_path):
+def prefs(home, tmp_path, prepared):
     """The tiny llama base and a preference set (40 rows, 8 of them for validation)."""
-    base = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
-    assert base.status == "succeeded", base.log_tail
-    path = tmp_path / "prefs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS * 4))
-    data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="prefs", format="preference", validation_fraction=0.2)),
-                     timeout_s=120)
-    assert data.status == "succeeded", data.log_tail
+    def build():
+        base = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
+        assert base.status == "succeeded", base.log_tail
+        path = tmp_path / "prefs.jsonl"
+        path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS * 4))
+        data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="prefs", format="preference",
+                                                       validation_fraction=0.2)), timeout_s=120)
+        assert data.status == "succeeded", data.log_tail
+
+    prepared("alignment-base-prefs", build)
     return models.find("base")
 
 
@@ -189,12 +192,14 @@ def test_alignment_specs_refuse_what_cannot_work(prefs, tmp_path):
 
 
 @pytest.fixture
-def prompts(prefs, tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Say something about {t}.", "answer": t}) + "\n" for t in TOPICS * 2))
-    data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="prompts", format="prompt")), timeout_s=120)
-    assert data.status == "succeeded", data.log_tail
-    return data
+def prompts(prefs, tmp_path, prepared):
+    def build():
+        path = tmp_path / "prompts.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"Say something about {t}.", "answer": t}) + "\n" for t in TOPICS * 2))
+        data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="prompts", format="prompt")), timeout_s=120)
+        assert data.status == "succeeded", data.log_tail
+
+    prepared("alignment-base-prefs-prompts", build)
 
 
 def test_grpo_with_a_reward_model_a_rule_and_a_file(prompts, home, tmp_path):

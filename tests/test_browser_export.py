@@ -8,14 +8,12 @@ import tarfile
 from conftest import wait_for
 from core.export import registry as exports
 from core.jobs import lifecycle as jobs
-from core.models.create import CreateModelSpec
 from test_browser import ARTIFACTS, browser, free_port, pytestmark, start_server, stop_server  # noqa: F401
 
 
-def test_export_to_onnx_in_the_browser_and_see_the_verification(home, browser):  # noqa: F811
+def test_export_to_onnx_in_the_browser_and_see_the_verification(tiny_llama, browser):  # noqa: F811
     from playwright.sync_api import expect
 
-    assert jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
     expect.set_options(timeout=60_000)
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()

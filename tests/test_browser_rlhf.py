@@ -8,16 +8,14 @@ import json
 from core.data.importer import ImportDatasetSpec
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
-from core.models.create import CreateModelSpec
 from test_browser import ARTIFACTS, browser, free_port, pytestmark, start_server, stop_server  # noqa: F401
 
 
-def test_dpo_from_the_rlhf_page_with_live_charts(home, tmp_path, browser):  # noqa: F811
+def test_dpo_from_the_rlhf_page_with_live_charts(tiny_llama, tmp_path, browser):  # noqa: F811
     from playwright.sync_api import expect
 
     expect.set_options(timeout=90_000)
     ARTIFACTS.mkdir(exist_ok=True)
-    assert jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": "Yes, gladly.", "rejected": "No."}) + "\n"
                              for i in range(24)))

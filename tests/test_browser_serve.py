@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from conftest import wait_for
 from core.jobs import lifecycle as jobs
-from core.models.create import CreateModelSpec
 from core.serving import service
 from test_browser import ARTIFACTS, browser, free_port, pytestmark, start_server, stop_server  # noqa: F401
 
 
-def test_serve_from_the_page_and_send_the_test_request(home, browser):  # noqa: F811
+def test_serve_from_the_page_and_send_the_test_request(tiny_llama, browser):  # noqa: F811
     from playwright.sync_api import expect
 
-    assert jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
     expect.set_options(timeout=60_000)
     ARTIFACTS.mkdir(exist_ok=True)
     port = free_port()

@@ -48,14 +48,17 @@ def ok(job_id: int, timeout: float = 240):
 
 
 @pytest.fixture
-def setup(home, tmp_path):
-    ok(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny", seed=3)))
-    facts = tmp_path / "facts.jsonl"
-    facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 2))
-    ok(jobs.submit(ImportDatasetSpec(path=str(facts), name="facts", validation_fraction=0.25)))
-    text = tmp_path / "text.jsonl"
-    text.write_text("".join(json.dumps({"text": t}) + "\n" for t in [TEXT, "Short text here.", TEXT[:120]]))
-    ok(jobs.submit(ImportDatasetSpec(path=str(text), name="prose", validation_fraction=0)))
+def setup(home, tmp_path, prepared):
+    def build():
+        ok(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny", seed=3)))
+        facts = tmp_path / "facts.jsonl"
+        facts.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 2))
+        ok(jobs.submit(ImportDatasetSpec(path=str(facts), name="facts", validation_fraction=0.25)))
+        text = tmp_path / "text.jsonl"
+        text.write_text("".join(json.dumps({"text": t}) + "\n" for t in [TEXT, "Short text here.", TEXT[:120]]))
+        ok(jobs.submit(ImportDatasetSpec(path=str(text), name="prose", validation_fraction=0)))
+
+    prepared("eval-tiny-facts-prose", build)
     return models.find("tiny")
 
 

@@ -21,9 +21,12 @@ from core.training.sft import SFTSpec
 
 
 @pytest.fixture
-def base(home):
-    job = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
-    assert job.status == "succeeded", job.log_tail
+def base(home, prepared):
+    def build():
+        job = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
+        assert job.status == "succeeded", job.log_tail
+
+    prepared("base", build)
     return models.find("base")
 
 

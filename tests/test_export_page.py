@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT
 from core.export import registry as exports
 from core.jobs import lifecycle as jobs
-from core.models.create import CreateModelSpec
 from test_pages import no_exceptions
 
 
@@ -39,8 +38,7 @@ def test_export_page_without_models_says_what_is_needed(page):
     assert any("Merged models" in h.value for h in page.subheader)
 
 
-def test_export_page_exports_to_onnx_and_shows_the_verification(page):
-    assert jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
+def test_export_page_exports_to_onnx_and_shows_the_verification(tiny_llama, page):
     page.run()
     no_exceptions(page)
     # the Triton form and its command line

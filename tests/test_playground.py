@@ -28,13 +28,15 @@ def make(name: str, arch: str = "llama", seed: int = 3):
 
 
 @pytest.fixture
-def tiny(home):
-    return make("tiny")
+def tiny(home, prepared):
+    prepared("playground-tiny", lambda: make("tiny"))
+    return models.find("tiny")
 
 
 @pytest.fixture
-def two(home):
-    return make("tiny-a"), make("tiny-b", arch="gpt2")
+def two(home, prepared):
+    prepared("playground-two", lambda: (make("tiny-a"), make("tiny-b", arch="gpt2")))
+    return models.find("tiny-a"), models.find("tiny-b")
 
 
 # --- stop strings and early stop -------------------------------------------------------

@@ -21,15 +21,18 @@ PAGE = "pages/4_RLHF.py"
 
 
 @pytest.fixture
-def page(home, tmp_path):
-    assert jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
-    prefs = tmp_path / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "Yes, gladly.", "rejected": "No."}) + "\n" for i in range(16)))
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Say {i}", "answer": str(i)}) + "\n" for i in range(16)))
-    for path, name, fmt in ((prefs, "prefs", "preference"), (prompts, "prompts", "prompt")):
-        job = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name=name, format=fmt)), timeout_s=120)
-        assert job.status == "succeeded", job.log_tail
+def page(home, tmp_path, prepared):
+    def build():
+        assert jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
+        prefs = tmp_path / "prefs.jsonl"
+        prefs.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "Yes, gladly.", "rejected": "No."}) + "\n" for i in range(16)))
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Say {i}", "answer": str(i)}) + "\n" for i in range(16)))
+        for path, name, fmt in ((prefs, "prefs", "preference"), (prompts, "prompts", "prompt")):
+            job = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name=name, format=fmt)), timeout_s=120)
+            assert job.status == "succeeded", job.log_tail
+
+    prepared("rlhf-page-base-prefs-prompts", build)
     st.cache_resource.clear()
     at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
     at.run()

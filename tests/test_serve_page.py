@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, wait_for
 from core.data.importer import ImportDatasetSpec
 from core.jobs import lifecycle as jobs
-from core.models.create import CreateModelSpec
 from core.serving import service
 from test_pages import no_exceptions
 from ui import serving
@@ -38,8 +37,7 @@ def test_serve_tab_without_models_says_what_is_needed(page):
     assert any("No server is running" in i.value for i in page.info)
 
 
-def test_a_server_started_from_the_page_answers_its_test_request_and_stops(page, tmp_path):
-    assert jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
+def test_a_server_started_from_the_page_answers_its_test_request_and_stops(tiny_llama, page, tmp_path):
     page.run()
     no_exceptions(page)
     assert any(c.value.startswith("python -m core serve --model tiny") for c in page.code)

@@ -35,14 +35,18 @@ FACTS = [
 
 
 @pytest.fixture
-def tiny(home, tmp_path):
+def tiny(home, tmp_path, prepared):
     """A tiny llama model and a small memorisable instruction set."""
-    base = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
-    assert base.status == "succeeded"
-    path = tmp_path / "facts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 4))
-    data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="facts", validation_fraction=0.25)), timeout_s=120)
-    assert data.status == "succeeded", data.log_tail
+    def build():
+        base = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
+        assert base.status == "succeeded"
+        path = tmp_path / "facts.jsonl"
+        path.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 4))
+        data = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="facts", validation_fraction=0.25)),
+                         timeout_s=120)
+        assert data.status == "succeeded", data.log_tail
+
+    prepared("training-base-facts", build)
     return models.find("base")
 
 
