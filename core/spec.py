@@ -90,6 +90,10 @@ def check_model_name(name: str, field_name: str = "name") -> str:
         raise SpecError(field_name, str(exc)) from None
 
 
+RUN_FIELDS = ("runner", "gpus")
+"""Where a job runs, not what it does: every kind has them, last."""
+
+
 class Spec(BaseModel):
     """The base of every job spec: validation, traits, YAML and replay command."""
 
@@ -134,6 +138,11 @@ class Spec(BaseModel):
 
     threads: int = Field(0, ge=0)
     """torch threads for this job (0: chosen from the free cores and what else runs)."""
+    runner: Literal["local", "ray"] = "local"
+    """Where the job runs: local (a process on this machine) or ray (a Ray job on the
+    cluster at LLMDEV_RAY_ADDRESS, or the address set on the Jobs page)."""
+    gpus: int = Field(0, ge=0)
+    """GPUs to ask the Ray cluster for (runner ray); a local job uses this machine's GPUs."""
 
     def is_light(self) -> bool:
         """Whether this job runs in the light lane (see `light`)."""
@@ -165,6 +174,12 @@ class Spec(BaseModel):
             if isinstance(value, bool) and name in cls.model_fields and _base_type(name, cls) in (int, float):
                 raise SpecError(name, f"{value!r} is not a number")
         return data
+
+    @model_validator(mode="after")
+    def _gpus_need_ray(self) -> "Spec":
+        if self.gpus and self.runner != "ray":
+            raise SpecError("gpus", "GPUs are asked of a Ray cluster: set runner to ray (a job run here uses this machine's GPUs)")
+        return self
 
     # --- what a person reads -----------------------------------------------------------
 
@@ -227,7 +242,7 @@ class Spec(BaseModel):
     @classmethod
     def field_names(cls) -> list[str]:
         """The fields in reading order (for YAML, flags and forms)."""
-        tail = [n for n in cls.trailing_fields if n in cls.model_fields]
+        tail = [n for n in (*cls.trailing_fields, *RUN_FIELDS) if n in cls.model_fields]
         return [n for n in cls.model_fields if n not in tail] + tail
 
     @classmethod

@@ -3,7 +3,8 @@
 # (pip requirements into .venv, Triton's environment into .venv-triton,
 # Debian's chromium + chromium-driver for the browser tests, Debian's postgresql
 # for the PostgreSQL run, which this script starts on a private port and stops
-# again). Extra arguments go to pytest.
+# again, and a local Ray head for the Ray runner's tests, stopped again too).
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -47,6 +48,19 @@ stop_pg() { run_pg "$pgbin/pg_ctl -D $pgdata -m fast -w stop >/dev/null" || true
 trap stop_pg EXIT
 run_pg "$pgbin/createdb -h 127.0.0.1 -p $pgport -U postgres llmdev_test"
 export LLMDEV_TEST_PG_URL="postgresql+psycopg://postgres@127.0.0.1:$pgport/llmdev_test"
+
+# A local Ray head for the Ray runner's tests (tests/test_ray.py): 2 CPUs, a small
+# object store, on loopback; its jobs write to the PostgreSQL above.
+raytmp=$(mktemp -d /tmp/llmdev-ray.XXXXXX)
+rayport=${LLMDEV_TEST_RAY_PORT:-56379}
+raydash=${LLMDEV_TEST_RAY_DASHBOARD_PORT:-58265}
+RAY_USAGE_STATS_ENABLED=0 .venv/bin/ray start --head --num-cpus=2 --node-ip-address=127.0.0.1 \
+  --port="$rayport" --dashboard-host=127.0.0.1 --dashboard-port="$raydash" \
+  --object-store-memory=200000000 --disable-usage-stats --temp-dir="$raytmp" >"$raytmp/start.log" 2>&1 \
+  || { cat "$raytmp/start.log" >&2; echo "the Ray head did not start: tests/test_ray.py will fail" >&2; }
+stop_all() { .venv/bin/ray stop --force >/dev/null 2>&1 || true; rm -rf "$raytmp"; stop_pg; }
+trap stop_all EXIT
+export LLMDEV_TEST_RAY_ADDRESS="http://127.0.0.1:$raydash"
 
 cd "$root"
 .venv/bin/python -m pytest "$@"

@@ -139,6 +139,9 @@ class Job(Base):
     model_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
     # ids of the data sets this job reads or writes
     dataset_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # where it runs: "local" (a subprocess here) or "ray" (a Ray job; runner_id: its submission id)
+    runner: Mapped[str] = mapped_column(String(10), default="local", server_default="local")
+    runner_id: Mapped[Optional[str]] = mapped_column(String(100), nullable=True)
     host: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
     pid: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)

@@ -19,7 +19,7 @@ def test_migrations_create_schema_at_head(home, backend):
     engine = db.get_engine()
     assert TABLES <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
     # a second process start is a no-op
     db.dispose_engines()
     db.migrate(db.get_engine())

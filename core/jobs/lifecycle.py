@@ -68,6 +68,10 @@ def submit(spec: Any, *, start: bool = True) -> int:
     """Queue a validated spec; returns the job id. Writes nothing if anything fails."""
     config.check()  # a bad setting is reported before a job is written
     spec.check_inputs()  # files it reads are checked before anything is written
+    if spec.runner == "ray":
+        from core.jobs import ray_runner
+
+        ray_runner.check(spec)  # the cluster can run it: resources, database, data home
     folder: Optional[Path] = None
     try:
         with session() as s:
@@ -82,6 +86,7 @@ def submit(spec: Any, *, start: bool = True) -> int:
                 model_ids=model_ids,
                 dataset_ids=dataset_ids,
                 resumed_from=(spec.resume_from_job or None) if spec.trains else None,
+                runner=spec.runner,
                 status="queued",
                 progress_step=0,
                 progress_message="queued",
@@ -181,6 +186,10 @@ def worker_command(job_id: int) -> list[str]:
 def _launch(job_id: int) -> None:
     folder = run_dir(job_id)
     folder.mkdir(parents=True, exist_ok=True)
+    job = get(job_id)
+    if job.runner == "ray":
+        _launch_on_ray(job)
+        return
     env = dict(os.environ)
     env.update(
         LLMDEV_HOME=str(data_home()),
@@ -208,6 +217,19 @@ def _launch(job_id: int) -> None:
         s.execute(update(Job).where(Job.id == job_id, Job.pid.is_(None)).values(pid=proc.pid))
 
 
+def _launch_on_ray(job: Job) -> None:
+    from core.jobs import ray_runner
+
+    try:
+        submission = ray_runner.submit(job.id, job.spec, worker_command(job.id), log_path(job.id))
+    except Exception as exc:
+        finish(job.id, "failed", error_class="crashed", error=f"could not submit it to the Ray cluster: {exc}")
+        return
+    with session() as s:
+        s.execute(update(Job).where(Job.id == job.id).values(runner_id=submission, progress_message="waiting for the Ray cluster"))
+        s.add(Event(message=f"Job {job.id} submitted to the Ray cluster as {submission}", job_id=job.id))
+
+
 def _reap_children() -> None:
     for proc in list(_children):
         if proc.poll() is not None:
@@ -217,7 +239,23 @@ def _reap_children() -> None:
                 pass
 
 
+def _ray_worker_alive(job: Job, now: datetime) -> bool:
+    """A Ray job's worker: alive while the Ray job runs and its heartbeat is fresh
+    (or it has not claimed the job yet, within the start timeout)."""
+    from core.jobs import ray_runner
+
+    state = ray_runner.status(job) if job.runner_id else None
+    if state in ray_runner.ENDED:
+        return False  # the Ray job is over and nobody recorded an end
+    if job.pid is None:  # submitted (or being submitted), not claimed by a worker yet
+        started = job.started_at or job.created_at
+        return now - started < timedelta(seconds=ray_runner.start_timeout_s())
+    return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
+
+
 def _worker_alive(job: Job, now: datetime) -> bool:
+    if job.runner == "ray":
+        return _ray_worker_alive(job, now)
     if job.host and job.host != HOST:
         # Another machine's worker (shared PostgreSQL): only its heartbeat tells.
         return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
@@ -244,20 +282,42 @@ def refresh() -> None:
             # backstop for a worker that cannot (margin: 10 s)
             grace = config.pause_grace_s() if job.stop_mode == "pause" else config.cancel_grace_s()
             overdue = now - job.cancel_requested_at > timedelta(seconds=grace + 10)
-            if alive and overdue and job.host == HOST:
-                _kill(job.pid, signal.SIGKILL)
+            if alive and overdue and (job.runner == "ray" or job.host == HOST):
+                _stop_worker(job)
                 alive = False
             if not alive:
                 finish(job.id, stopped_status(job.kind), error="cancelled")
+        elif not alive and job.runner == "ray" and job.pid is None:
+            from core.jobs import ray_runner
+
+            _stop_worker(job)
+            finish(
+                job.id,
+                "failed",
+                error_class="lost",
+                error=f"the Ray cluster did not start it within {ray_runner.start_timeout_s():g} s "
+                f"({ray_runner.status(job) or 'no answer'}): the cluster may lack free resources "
+                f"({ray_runner.START_TIMEOUT_ENV} sets the wait)",
+            )
         elif not alive:
             finish(
                 job.id,
                 "failed",
                 error_class="lost",
                 error="the worker process is gone (killed, out of memory, or the machine restarted) "
-                "without reporting an end",
+                "without reporting an end" + (" (the Ray job ended or its heartbeat stopped)" if job.runner == "ray" else ""),
             )
     start_queued()
+
+
+def _stop_worker(job: Job) -> None:
+    """Kill a job's worker for good: its process group here, its Ray job there."""
+    if job.runner == "ray":
+        from core.jobs import ray_runner
+
+        ray_runner.stop(job)
+    else:
+        _kill(job.pid, signal.SIGKILL)
 
 
 def _kill(pid: Optional[int], sig: int) -> None:
@@ -298,10 +358,11 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
         job = get(job_id)  # it started in the meantime: stop it like a running one
     if job.status in TERMINAL:
         return f"already {job.status}"
-    local = job.host == HOST and worker_alive(job.pid, job_id) is not False
+    # a Ray job's worker reads the request from the database; the Ray job is stopped on a second cancel
+    local = job.runner == "local" and job.host == HOST and worker_alive(job.pid, job_id) is not False
     if job.cancel_requested_at is not None:
-        if local:
-            _kill(job.pid, signal.SIGKILL)
+        if local or job.runner == "ray":
+            _stop_worker(job)
         finish(job_id, ended, error="cancelled (killed on second cancel)")
         start_queued()
         return "killed"
@@ -528,6 +589,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "status": job.status,
         "pid": job.pid,
         "host": job.host,
+        "runner": job.runner,
+        "runner_id": job.runner_id,
         "progress": {
             "step": p.step,
             "total": p.total,

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from core.jobs import lifecycle as jobs
 from core.jobs.run import BadInput, Run
@@ -114,8 +114,8 @@ class TrainSpec(Spec):
 
     @field_validator("method")
     @classmethod
-    def _method_runs_here(cls, value: str) -> str:
-        if value == "qlora":
+    def _method_runs_here(cls, value: str, info: ValidationInfo) -> str:
+        if value == "qlora" and info.data.get("runner") != "ray":  # a cluster's GPUs are checked at submit
             from core.hardware import qlora_unavailable
 
             why = qlora_unavailable()

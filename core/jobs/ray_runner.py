@@ -1,0 +1,275 @@
+"""Jobs on a Ray cluster (`runner: ray`), through the Ray Jobs API.
+
+The job's command is the one a local job runs, `python -m core.worker <id>`,
+submitted as a Ray job (submission id `llmdev-<id>-<random>`, the platform's job
+id in its metadata) with the CPUs and GPUs the spec asks for. Its output goes
+both to the Ray job's log and to runs/<id>/log.txt. The worker on the node
+claims the job and writes status, heartbeat, progress, metrics and the result to
+the platform's database as a local one does: the database stays the one source
+of truth, and no job is a subprocess of the app, so an app restart loses nothing.
+
+What that needs, checked before the first job on a cluster (`check`) and refused
+with what to change: a cluster that answers at the address, the resources the
+spec asks for, a database every node reaches (SQLite only when the cluster is
+this machine), and the data home and the platform at the same paths on the
+nodes (a small probe job reads a token file the app writes there).
+
+On Ray, a cancel reaches the worker through the database (it polls at each
+heartbeat); the Ray job is stopped after the grace period as the backstop. A Ray
+job that ends (FAILED, STOPPED, or even SUCCEEDED) while the database still says
+running, or whose heartbeat goes stale, is lost; one that does not start within
+LLMDEV_RAY_START_TIMEOUT_S fails saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from core import config
+from storage.db import data_home, database_url
+
+ADDRESS_ENV = "LLMDEV_RAY_ADDRESS"
+ADDRESS_SETTING = "ray_address"
+START_TIMEOUT_ENV = "LLMDEV_RAY_START_TIMEOUT_S"
+ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
+PASSED_ENV = ("HF_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_NUM_THREADS", "LLMDEV_", "CUDA_VISIBLE_DEVICES")
+"""Environment a job takes along to its node (the node's own environment is the rest)."""
+PROBE_TTL_S = 600.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RayUnavailable(RuntimeError):
+    """The cluster cannot take this job; the message says what to change."""
+
+
+def address() -> str:
+    """The cluster's dashboard address: LLMDEV_RAY_ADDRESS, else the one set in the app."""
+    value = os.environ.get(ADDRESS_ENV, "").strip() or str(config.get_setting(ADDRESS_SETTING, "") or "").strip()
+    if value and "://" not in value:
+        value = "http://" + value
+    return value.rstrip("/")
+
+
+def set_address(value: str) -> None:
+    """Keep the cluster's address in the database (the Jobs page's setting)."""
+    from storage.db import session
+    from storage.tables import Setting
+
+    with session() as s:
+        row = s.get(Setting, ADDRESS_SETTING)
+        if row is None:
+            s.add(Setting(key=ADDRESS_SETTING, value=value.strip()))
+        else:
+            row.value = value.strip()
+
+
+def start_timeout_s() -> float:
+    return config._number(START_TIMEOUT_ENV, 300.0, 1)
+
+
+_clients: dict[str, Any] = {}
+
+
+def client(where: Optional[str] = None):
+    """A JobSubmissionClient for the cluster (one per address and process)."""
+    where = where or address()
+    if not where:
+        raise RayUnavailable(f"no Ray cluster is set: set {ADDRESS_ENV} (e.g. http://127.0.0.1:8265) or the address on the Jobs page")
+    if where not in _clients:
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            _clients[where] = JobSubmissionClient(where)
+        except Exception as exc:
+            raise RayUnavailable(
+                f"the Ray cluster at {where} does not answer ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                f"Start it (ray start --head) or fix {ADDRESS_ENV}"
+            ) from None
+    return _clients[where]
+
+
+# --- before the first job: can the cluster take it? ------------------------------------
+
+
+@dataclass
+class Cluster:
+    address: str
+    hosts: list[str]
+    ips: list[str]
+    cpus: float
+    gpus: float
+    checked: float = field(default_factory=time.monotonic)
+
+    @property
+    def local(self) -> bool:
+        """Every node is this machine."""
+        import psutil
+
+        mine = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs} | {"127.0.0.1"}
+        return all(ip in mine for ip in self.ips)
+
+
+_probed: dict[tuple[str, str], Cluster] = {}
+
+
+def cluster(where: Optional[str] = None) -> Cluster:
+    """The cluster's nodes and resources, and proof (a probe job) that a node sees
+    this data home and the platform's interpreter at the same paths."""
+    where = where or address()
+    key = (where, str(data_home()))
+    known = _probed.get(key)
+    if known is not None and time.monotonic() - known.checked < PROBE_TTL_S:
+        return known
+    jobs = client(where)
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = [n for n in list_nodes(address=where, timeout=20) if n.state == "ALIVE"]
+    except Exception as exc:
+        raise RayUnavailable(f"the Ray cluster at {where} did not list its nodes: {exc}") from None
+    found = Cluster(
+        address=where,
+        hosts=sorted({n.node_name for n in nodes}),
+        ips=sorted({n.node_ip for n in nodes}),
+        cpus=sum(float((n.resources_total or {}).get("CPU", 0)) for n in nodes),
+        gpus=sum(float((n.resources_total or {}).get("GPU", 0)) for n in nodes),
+    )
+    _probe(jobs, where)
+    _probed[key] = found
+    return found
+
+
+def _probe(jobs, where: str) -> None:
+    """Run a tiny Ray job that reads a fresh token from the data home with the
+    platform's interpreter: the home and the code are where the workers will look."""
+    folder = data_home() / "ray-probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    path = folder / token
+    path.write_text(token)
+    code = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); print('LLMDEV-PROBE', p.read_text() if p.exists() else 'missing')"
+    entrypoint = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(str(path))}"
+    try:
+        sid = jobs.submit_job(entrypoint=entrypoint, entrypoint_num_cpus=0, metadata={"llmdev": "probe"},
+                              submission_id=f"llmdev-probe-{token}")
+        deadline = time.monotonic() + min(start_timeout_s(), 120)
+        while (status := str(jobs.get_job_status(sid).value)) not in ENDED:
+            if time.monotonic() > deadline:
+                jobs.stop_job(sid)
+                raise RayUnavailable(f"the probe job on the Ray cluster at {where} did not start within {min(start_timeout_s(), 120):g} s")
+            time.sleep(0.3)
+        logs = jobs.get_job_logs(sid)
+    finally:
+        path.unlink(missing_ok=True)
+    if status != "SUCCEEDED":
+        raise RayUnavailable(
+            f"a node of the Ray cluster at {where} could not run the platform's interpreter {sys.executable} "
+            f"({status}: {logs.strip().splitlines()[-1] if logs.strip() else 'no output'}): install the platform "
+            "at the same path on every node"
+        )
+    if f"LLMDEV-PROBE {token}" not in logs:
+        raise RayUnavailable(
+            f"the nodes of the Ray cluster at {where} do not see this data home ({data_home()}): "
+            "put it on storage every node mounts at the same path (a shared filesystem) and set LLMDEV_HOME to it"
+        )
+
+
+def check(spec) -> None:
+    """Refuse, before anything is written, a Ray job the cluster cannot run."""
+    from core.spec import SpecError
+
+    try:
+        found = cluster()
+    except RayUnavailable as exc:
+        raise SpecError("runner", str(exc)) from None
+    if database_url().startswith("sqlite") and not found.local:
+        raise SpecError(
+            "runner",
+            f"the Ray cluster at {found.address} has nodes on other machines ({', '.join(found.ips)}), which cannot "
+            "reach this machine's SQLite database: set DATABASE_URL to a PostgreSQL server every node reaches",
+        )
+    cpus, gpus = needs(spec)
+    if gpus > found.gpus:
+        raise SpecError("gpus", f"the job asks for {gpus:g} GPU(s); the Ray cluster at {found.address} has {found.gpus:g}")
+    if cpus > found.cpus:
+        raise SpecError("threads", f"the job asks for {cpus:g} CPUs; the Ray cluster at {found.address} has {found.cpus:g}")
+
+
+def needs(spec) -> tuple[float, float]:
+    """(CPUs, GPUs) the Ray job asks for: its torch threads (1 when chosen on the
+    node) and its GPUs (at least one per training process for QLoRA)."""
+    cpus = float(spec.threads or 1)
+    gpus = float(spec.gpus)
+    if getattr(spec, "method", "") == "qlora":
+        gpus = max(gpus, float(getattr(spec, "processes", 0) or 1))
+    return cpus, gpus
+
+
+# --- a job's life on the cluster ---------------------------------------------------------
+
+
+def submit(job_id: int, spec: dict, worker_command: list[str], log: Path) -> str:
+    """Submit the worker as a Ray job; returns its submission id."""
+    from core.kinds import spec_from_dict
+
+    cpus, gpus = needs(spec_from_dict(spec))
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
+    env.update(
+        LLMDEV_HOME=str(data_home()),
+        DATABASE_URL=database_url(),
+        PYTHONPATH=str(REPO_ROOT),
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    command = " ".join(shlex.quote(part) for part in worker_command)
+    # the worker's output: to the Ray job's log and to the run folder (the job's status is the worker's)
+    entrypoint = f"cd {shlex.quote(str(REPO_ROOT))} && set -o pipefail && {command} 2>&1 | tee -a {shlex.quote(str(log))}"
+    return client().submit_job(
+        entrypoint=f"bash -c {shlex.quote(entrypoint)}",
+        submission_id=f"llmdev-{job_id}-{secrets.token_hex(3)}",
+        metadata={"llmdev_job_id": str(job_id), "llmdev_home": str(data_home()), "llmdev_host": socket.gethostname()},
+        runtime_env={"env_vars": env},
+        entrypoint_num_cpus=cpus,
+        entrypoint_num_gpus=gpus or None,
+    )
+
+
+def status(job) -> Optional[str]:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED; None if the cluster does not answer."""
+    if not job.runner_id:
+        return None
+    try:
+        return str(client().get_job_status(job.runner_id).value)
+    except Exception:
+        return None
+
+
+def stop(job) -> None:
+    try:
+        client().stop_job(job.runner_id)
+    except Exception:
+        pass
+
+
+def logs(job) -> Optional[str]:
+    """The Ray job's log, or None when the cluster does not answer."""
+    try:
+        return client().get_job_logs(job.runner_id)
+    except Exception:
+        return None
+
+
+def dashboard_url(job) -> str:
+    return f"{address()}/#/jobs/{job.runner_id}" if job.runner_id else address()
+
+
+def describe(job) -> dict[str, Any]:
+    return {"runner": "ray", "ray_job_id": job.runner_id, "node": job.host, "dashboard": dashboard_url(job)}

@@ -1,0 +1,189 @@
+"""Jobs on a Ray cluster (`runner: ray`): a real local Ray head (scripts/test.sh
+starts it and sets LLMDEV_TEST_RAY_ADDRESS), the Ray Jobs API, the worker on the
+node writing to the test PostgreSQL (SQLite where there is none)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import httpx
+import pytest
+
+from conftest import PG_URL, ROOT, wait_for
+from core.data import registry as datasets
+from core.data.importer import ImportDatasetSpec
+from core.evaluation.perplexity import EvalPerplexitySpec
+from core.jobs import lifecycle as jobs
+from core.jobs import ray_runner
+from core.models import registry as models
+from core.models.create import CreateModelSpec
+from core.serving.service import ServeSpec
+from core.spec import SpecError
+from core.training.sft import SFTSpec
+
+RAY = os.environ.get("LLMDEV_TEST_RAY_ADDRESS", "")
+FACTS = [("What colour is the sky?", "Blue."), ("How many legs has a cat?", "Four."),
+         ("What do bees make?", "Honey."), ("Which way is up?", "Away from the ground.")]
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """The test PostgreSQL, as a cluster's workers would reach it (SQLite when there is none)."""
+    return "postgresql" if PG_URL else "sqlite"
+
+
+@pytest.fixture
+def cluster(home, backend, monkeypatch, tmp_path):
+    """A data home with a tiny llama and a data set, whose jobs may go to the test Ray head."""
+    if not RAY:
+        if os.environ.get("CI"):
+            pytest.fail("LLMDEV_TEST_RAY_ADDRESS is not set: run the suite with scripts/test.sh")
+        pytest.skip("no Ray head (scripts/test.sh starts one)")
+    monkeypatch.setenv(ray_runner.ADDRESS_ENV, RAY)
+    assert jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120).status == "succeeded"
+    path = tmp_path / "facts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in FACTS * 4))
+    imported = jobs.wait(jobs.submit(ImportDatasetSpec(path=str(path), name="facts", validation_fraction=0.25)), timeout_s=120)
+    assert imported.status == "succeeded", imported.log_tail
+    yield home
+    for job in jobs.list_jobs():
+        if job.runner_id and ray_runner.status(job) not in ray_runner.ENDED:
+            ray_runner.stop(job)
+
+
+def sft(**overrides) -> SFTSpec:
+    fields = dict(model="base", dataset="facts", output_name="tuned", method="lora", max_steps=6, batch_size=4,
+                  save_steps=50, runner="ray")
+    return SFTSpec(**{**fields, **overrides})
+
+
+def running(job_id: int, step: int = 1) -> jobs.Job:
+    """Wait until the job's worker has claimed it and made `step` steps."""
+    def ready():
+        job = jobs.get(job_id)
+        assert job.status in jobs.ACTIVE, f"{job.status}: {job.error}\n{job.log_tail}"
+        return job if job.pid and job.progress_step >= step else None
+
+    return wait_for(ready, 180, what=f"job {job_id} to run")
+
+
+def settled(job_id: int):
+    """The job once it has ended, looking as the app does (refresh marks the lost)."""
+    jobs.refresh()
+    job = jobs.get(job_id)
+    return job if job.status not in jobs.ACTIVE else None
+
+
+def test_sft_on_ray_succeeds_with_metrics_a_registered_model_and_the_ray_log(cluster):
+    job = jobs.wait(jobs.submit(sft()), timeout_s=300)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    assert job.runner == "ray" and job.runner_id.startswith(f"llmdev-{job.id}-")
+    client = ray_runner.client()
+    wait_for(lambda: ray_runner.status(job) == "SUCCEEDED", 60, what="the Ray job to end")  # the worker exits after its last write
+    assert client.get_job_info(job.runner_id).metadata["llmdev_job_id"] == str(job.id)
+    assert len(jobs.metrics(job.id)["train_loss"]) == 6
+    out = models.get(job.result["model_id"])
+    assert out.parent_id == models.find("base").id and out.status == "available" and out.source == "adapter"
+    assert out.details["dataset_fingerprint"] == datasets.find("facts").fingerprint
+    assert f"job {job.id} succeeded" in client.get_job_logs(job.runner_id)
+    assert f"job {job.id} succeeded" in jobs.read_log_tail(job.id)
+    shown = jobs.job_dict(job)
+    assert shown["runner"] == "ray" and shown["runner_id"] == job.runner_id
+
+
+def test_a_ray_job_is_cancelled_by_another_process_and_a_killed_worker_is_lost(cluster, cli):
+    first = jobs.submit(sft(max_steps=400, output_name="long"))
+    running(first)
+    out = cli("jobs", "cancel", str(first))  # another app process: through the database
+    assert out.returncode == 0, out.stderr
+    ended = jobs.wait(first, timeout_s=120)
+    assert ended.status == "cancelled", ended.error
+    wait_for(lambda: ray_runner.status(ended) in ray_runner.ENDED, 60, what="the Ray job to end")
+    with pytest.raises(models.ModelError):
+        models.find("long")  # its reserved name is released
+
+    second = jobs.submit(sft(max_steps=400, output_name="killed"))
+    job = running(second)
+    group = os.getpgid(job.pid)  # the Ray job's entrypoint: its shell, the worker, the job process, tee
+    assert group != os.getpgid(0)
+    os.killpg(group, signal.SIGKILL)  # all of it dies on the node without a word
+    lost = wait_for(lambda: settled(second), 120, what="the job to be marked lost")
+    assert lost.status == "failed" and lost.error_class == "lost", lost.error
+    assert "Ray job" in lost.error
+
+
+def test_an_evaluation_and_a_server_run_on_ray(cluster):
+    job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="base", dataset="facts", split="validation", runner="ray")),
+                    timeout_s=300)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    assert job.runner == "ray" and job.result["metrics"]["perplexity"] > 1
+
+    server = jobs.submit(ServeSpec(models=["base"], port=0, runner="ray"))
+
+    def endpoint():
+        j = jobs.get(server)
+        assert j.status in jobs.ACTIVE, f"{j.status}: {j.error}\n{j.log_tail}"
+        return (j.result or {}).get("endpoint")
+
+    found = wait_for(endpoint, 180, what="the server on Ray to listen")
+    wait_for(lambda: httpx.get(found["url"] + "/health").status_code == 200, 120, what="its health check")
+    jobs.cancel(server)
+    assert jobs.wait(server, timeout_s=60).status == "stopped"
+
+
+def test_what_a_cluster_cannot_run_is_refused_before_anything_is_written(cluster, monkeypatch):
+    before = len(jobs.list_jobs())
+    with pytest.raises(SpecError, match=r"gpus: .*asks for 1 GPU.*has 0"):
+        jobs.submit(sft(gpus=1))
+    with pytest.raises(SpecError, match=r"threads: .*asks for 64 CPUs.*has 2"):
+        jobs.submit(sft(threads=64))
+    # a cluster of other machines cannot reach this machine's SQLite
+    far = ray_runner.Cluster(address=RAY, hosts=["node-a"], ips=["10.9.8.7"], cpus=8, gpus=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_runner, "cluster", lambda where=None: far)
+        mp.setattr(ray_runner, "database_url", lambda: "sqlite:////tmp/x.db")
+        with pytest.raises(SpecError, match=r"runner: .*10\.9\.8\.7.*set DATABASE_URL to a PostgreSQL"):
+            jobs.submit(sft())
+    monkeypatch.setenv(ray_runner.ADDRESS_ENV, "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(SpecError, match=r"runner: the Ray cluster at http://127.0.0.1:9 does not answer"):
+        jobs.submit(sft())
+    monkeypatch.delenv(ray_runner.ADDRESS_ENV)
+    with pytest.raises(SpecError, match=r"no Ray cluster is set: set LLMDEV_RAY_ADDRESS"):
+        jobs.submit(sft())
+    assert len(jobs.list_jobs()) == before
+
+
+def test_a_data_home_the_nodes_cannot_see_is_refused(cluster, tmp_path):
+    """The app runs in its own mount namespace, where the data home's path holds a
+    private copy: what it writes there (the probe's token) no node can read."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("this machine cannot make a private mount namespace (unshare --mount), which stands in for a second machine")
+    private = tmp_path / "private-home"
+    shutil.copytree(cluster, private, symlinks=True)
+    command = [sys.executable, "-m", "core", "train", "sft", "--model", "base", "--dataset", "facts",
+               "--output-name", "unseen", "--max-steps", "2", "--runner", "ray"]
+    script = f"mount --bind {private} {cluster} && cd {ROOT} && exec " + " ".join(command)
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=180, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode != 0
+    assert f"do not see this data home ({cluster})" in out.stderr + out.stdout
+    assert "shared filesystem" in out.stderr + out.stdout
+    assert [j.id for j in jobs.list_jobs() if j.kind == "sft"] == []
+
+
+def test_a_ray_job_that_never_starts_fails_with_the_reason(cluster, monkeypatch):
+    monkeypatch.setenv("LLMDEV_MAX_CONCURRENT_JOBS", "2")
+    monkeypatch.setenv(ray_runner.START_TIMEOUT_ENV, "8")
+    hog = jobs.submit(sft(max_steps=400, output_name="hog", threads=2))  # both of the head's CPUs
+    running(hog)
+    waiting = jobs.submit(sft(output_name="waits"))  # one more CPU: Ray keeps it PENDING
+    failed = wait_for(lambda: settled(waiting), 90, what="the pending job to time out")
+    assert failed.status == "failed" and "did not start it within 8 s" in failed.error, failed.error
+    jobs.cancel(hog)
+    jobs.wait(hog, timeout_s=120)
