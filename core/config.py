@@ -8,6 +8,8 @@ LLMDEV_CANCEL_GRACE_S        seconds a cancelled job gets before SIGKILL (defaul
 LLMDEV_PAUSE_GRACE_S         seconds a paused job gets to write its checkpoint (default 300)
 LLMDEV_AUTO_STARTER          convert the starter model on first launch (default 1)
 LLMDEV_JOB_THREADS           torch threads per job (default 0: chosen from the free cores, core/threads.py)
+LLMDEV_RAY_ADDRESS           a Ray cluster's dashboard address for jobs with runner ray (or set on the Jobs page)
+LLMDEV_RAY_START_TIMEOUT_S   seconds a Ray job may wait for the cluster to start it (default 300)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ SECRET_KEYS = (
     "LLMDEV_PAUSE_GRACE_S",
     "LLMDEV_AUTO_STARTER",
     "LLMDEV_JOB_THREADS",
+    "LLMDEV_RAY_ADDRESS",
+    "LLMDEV_RAY_START_TIMEOUT_S",
 )
 
 

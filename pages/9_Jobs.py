@@ -9,6 +9,7 @@ common.setup_page("Jobs", "work_history")
 st.title("Jobs")
 st.caption("Jobs run in their own processes: closing this tab or restarting the app does not stop them.")
 common.live_jobs_panel()
+common.ray_cluster_settings()
 
 status = st.segmented_control(
     "Show", ["all", *jobs.ACTIVE, *jobs.TERMINAL], default="all", key="jobs_filter"

@@ -187,3 +187,37 @@ def test_a_ray_job_that_never_starts_fails_with_the_reason(cluster, monkeypatch)
     assert failed.status == "failed" and "did not start it within 8 s" in failed.error, failed.error
     jobs.cancel(hog)
     jobs.wait(hog, timeout_s=120)
+
+
+def test_the_sidebar_sends_a_form_s_job_to_ray_and_the_jobs_page_shows_it(cluster, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/1_Models.py").run()
+    assert at.radio(key="runner").value == "local"  # this machine unless chosen
+    at.radio(key="runner").set_value("ray").run()
+    at.text_input(key="create_name").input("from-the-page")
+    at.button[[b.label for b in at.button].index("Create model")].click().run()
+    assert [e.value for e in at.exception] == []
+    job = jobs.wait(max(j.id for j in jobs.list_jobs()), timeout_s=180)
+    assert job.status == "succeeded" and job.runner == "ray" and job.spec["runner"] == "ray", job.error
+    assert job.kind == "create_model" and models.find("from-the-page").status == "available"
+
+    at.switch_page("pages/9_Jobs.py").run()
+    assert [e.value for e in at.exception] == []
+    assert f"Ray {job.runner_id}" in at.dataframe[0].value["runs on"].tolist()
+    assert any(job.runner_id in c.value and "Ray dashboard" in c.value for c in at.caption)
+    assert any(f"job {job.id} succeeded" in c.value for c in at.code)  # the log, read from Ray
+    assert any(f"python -m core models create --name from-the-page" in c.value and "--runner ray" in c.value
+               for c in at.code)
+
+    # without a cluster set, there is nothing to choose
+    monkeypatch.delenv(ray_runner.ADDRESS_ENV)
+    at.run()
+    assert not [r for r in at.radio if r.key == "runner"]
+    at.switch_page("pages/9_Jobs.py").run()
+    assert any("Ray cluster: none set" in e.label for e in at.expander)
+    st.cache_resource.clear()

@@ -16,6 +16,7 @@ import streamlit as st
 from core import charts, config, system
 from core.data import registry as datasets
 from core.jobs import lifecycle as jobs
+from core.jobs import ray_runner
 from core.models import registry as models
 from core.models import starter
 from core.format import human_bytes, human_count, human_seconds
@@ -74,12 +75,53 @@ def setup_page(title: str, icon: str = "neurology") -> None:
         st.error(f"Cannot open the database at `{database_url()}`: {exc}")
         st.stop()
     st.session_state["_control_labels"] = {}  # this page's controls (ui.forms.page_words)
+    runner_choice()
     jobs.refresh()  # lost workers and finished queues show correctly from the first paint
     if "starter_checked" not in st.session_state:
         st.session_state.starter_checked = True
         job_id = starter.autostart()
         if job_id is not None:
             st.toast(f"First launch: converting the starter model (job {job_id}).", icon=":material/download:")
+
+
+def runner_choice() -> None:
+    """In the sidebar of every page, when a Ray cluster is set: where the jobs
+    started from this session's forms run (ui.forms applies it to each spec)."""
+    where = ray_runner.address()
+    if not where:
+        st.session_state["runner"] = "local"
+        return
+    st.sidebar.radio(
+        "Run new jobs on", ["local", "ray"], key="runner",
+        format_func={"local": "This machine", "ray": "Ray cluster"}.get,
+        help=f"The Ray cluster at {where} (set on the Jobs page, or LLMDEV_RAY_ADDRESS). A job there writes its "
+        "progress to the same database; its data home must be on storage the nodes share.",
+    )
+
+
+def ray_cluster_settings() -> None:
+    """The Jobs page's "Ray cluster": where jobs with runner ray go, and whether it can take them."""
+    import os
+
+    where = ray_runner.address()
+    with st.expander(f"Ray cluster: {where}" if where else "Ray cluster: none set", expanded=False):
+        fixed = bool(os.environ.get(ray_runner.ADDRESS_ENV))
+        st.caption(f"Set by {ray_runner.ADDRESS_ENV}." if fixed else
+                   "The dashboard address of a Ray cluster (e.g. http://127.0.0.1:8265): jobs can then run there "
+                   "(the sidebar's \"Run new jobs on\"). Its nodes need this data home at the same path and, unless the "
+                   "cluster is this machine, a PostgreSQL database (DATABASE_URL).")
+        typed = st.text_input("Address", value=where, key="ray_address", disabled=fixed)
+        if st.button("Save and check", key="ray_check"):
+            if not fixed:
+                ray_runner.set_address(typed)
+            try:
+                found = ray_runner.cluster(ray_runner.address())
+            except ray_runner.RayUnavailable as exc:
+                st.error(str(exc))
+            else:
+                st.success(f"{len(found.hosts)} node(s) ({', '.join(found.hosts)}): {found.cpus:g} CPUs, "
+                           f"{found.gpus:g} GPUs; a probe job saw this data home"
+                           + (" (the cluster is this machine)" if found.local else ""))
 
 
 def job_label(job) -> str:
@@ -145,6 +187,7 @@ def jobs_frame(rows) -> pd.DataFrame:
                 "id": job.id,
                 "status": job.status,
                 "job": job.title,
+                "runs on": f"Ray {job.runner_id or ''}".strip() if job.runner == "ray" else "here",
                 "progress": p.fraction if p.fraction is not None else 0.0,
                 "elapsed": human_seconds(p.elapsed_s),
                 "error": f"{job.error_class}: {job.error}" if job.error_class else "",
@@ -176,8 +219,12 @@ def job_details(job) -> None:
     cols[0].metric("Status", job.status)
     cols[1].metric("Elapsed", human_seconds(p.elapsed_s))
     cols[2].metric("ETA", human_seconds(p.eta_s) if job.status == "running" else "-")
-    cols[3].metric("Worker", f"pid {job.pid}" if job.pid else "-")
+    cols[3].metric("Worker", ("Ray" if job.runner == "ray" else "") + (f" pid {job.pid}" if job.pid else "") or "-")
     progress_line(job)
+    if job.runner == "ray":
+        node = f" on node {job.host}" if job.host else " (not placed on a node yet)"
+        st.caption(f"Runs on the Ray cluster as Ray job `{job.runner_id or 'not submitted yet'}`{node} · "
+                   f"[Ray dashboard]({ray_runner.dashboard_url(job)})")
     if job.status == "failed":
         st.error(f"**{job.error_class}**: {forms.page_words(job.error or '')}")
     elif job.status in jobs.STOPPED:
@@ -204,8 +251,13 @@ def job_details(job) -> None:
     if st.session_state.get("cancel_result"):
         st.toast(st.session_state.pop("cancel_result"))
     with st.expander("Log", expanded=job.status == "failed"):
-        st.code(jobs.read_log_tail(job.id, 80) or "(empty)", language="text")
-        st.caption(str(jobs.log_path(job.id)))
+        ray_log = ray_runner.logs(job) if job.runner == "ray" and job.runner_id else None
+        if ray_log is not None:
+            st.code("\n".join(ray_log.splitlines()[-80:]) or "(empty)", language="text")
+            st.caption(f"The Ray job's log ({job.runner_id}); also in {jobs.log_path(job.id)}")
+        else:
+            st.code(jobs.read_log_tail(job.id, 80) or "(empty)", language="text")
+            st.caption(str(jobs.log_path(job.id)))
 
 
 def _cancel(job_id: int) -> None:

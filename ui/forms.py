@@ -90,7 +90,7 @@ def submit(make_spec: Callable[[], Any], on_started: Callable[[int], None] | Non
     nothing and is shown at the top of the page and as a toast, not below the
     button where it is easy to miss; `on_started(job_id)` lets the page follow."""
     try:
-        spec = make_spec()
+        spec = with_runner(make_spec())
         job_id = jobs.submit(spec)
     except (SpecError, ValueError) as exc:
         _refused(f"Not started: {page_words(str(exc))}")
@@ -110,9 +110,21 @@ def submit(make_spec: Callable[[], Any], on_started: Callable[[int], None] | Non
     st.rerun()
 
 
+def with_runner(spec: Spec) -> Spec:
+    """The spec, set to run where the sidebar says (ui.common.runner_choice)."""
+    chosen = st.session_state.get("runner", "local")
+    if spec.runner == chosen:
+        return spec
+    return type(spec)(**{**spec.model_dump(), "runner": chosen})
+
+
 def start(spec: Spec, label: str, key: str, on_started: Callable[[int], None] | None = None) -> None:
     """Below a form: its command line (folded) and the button that starts it
     (a job waits with --wait; a service runs until stopped, so it does not)."""
+    try:
+        spec = with_runner(spec)
+    except (SpecError, ValueError):
+        pass  # the button says why
     with st.expander("The same from a terminal", expanded=False):
         st.code(spec.replay() + ("" if spec.service else " --wait"), language="bash")
     if st.button(label, type="primary", key=key):

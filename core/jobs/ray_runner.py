@@ -196,11 +196,22 @@ def check(spec) -> None:
             f"the Ray cluster at {found.address} has nodes on other machines ({', '.join(found.ips)}), which cannot "
             "reach this machine's SQLite database: set DATABASE_URL to a PostgreSQL server every node reaches",
         )
+    if spec.service and not found.local and _loopback_only(spec):
+        raise SpecError(
+            "host", f"a service on the Ray cluster at {found.address} runs on another machine: a loopback address "
+            "would reach nobody; listen on 0.0.0.0 (with an API key) or run it here (runner local)",
+        )
     cpus, gpus = needs(spec)
     if gpus > found.gpus:
         raise SpecError("gpus", f"the job asks for {gpus:g} GPU(s); the Ray cluster at {found.address} has {found.gpus:g}")
     if cpus > found.cpus:
         raise SpecError("threads", f"the job asks for {cpus:g} CPUs; the Ray cluster at {found.address} has {found.cpus:g}")
+
+
+def _loopback_only(spec) -> bool:
+    from core.serving.service import loopback
+
+    return loopback(getattr(spec, "host", "127.0.0.1"))
 
 
 def needs(spec) -> tuple[float, float]:
@@ -228,6 +239,7 @@ def submit(job_id: int, spec: dict, worker_command: list[str], log: Path) -> str
         PYTHONPATH=str(REPO_ROOT),
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
+        LLMDEV_RUNNER="ray",
     )
     command = " ".join(shlex.quote(part) for part in worker_command)
     # the worker's output: to the Ray job's log and to the run folder (the job's status is the worker's)

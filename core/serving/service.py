@@ -17,6 +17,7 @@ which every /v1 request must then send as `Authorization: Bearer <key>`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import threading
 import time
@@ -110,7 +111,7 @@ class ServeSpec(Spec):
                 onnx_export_of(row)
         for ref in self.exports:
             served_graph(ref)
-        if self.port:
+        if self.port and self.runner == "local":  # a Ray job binds on its node: told there if it cannot
             problem = port_problem(self.host, self.port)
             if problem:
                 raise SpecError("port", problem)
@@ -126,9 +127,10 @@ def loopback(host: str) -> bool:
 
 
 def url_host(host: str) -> str:
-    """How a client on this machine reaches an address (a wildcard: loopback)."""
+    """How a client reaches an address: a wildcard is loopback on this machine, or
+    the node's own address for a server running as a Ray job."""
     if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
+        return socket.gethostbyname(socket.gethostname()) if os.environ.get("LLMDEV_RUNNER") == "ray" else "127.0.0.1"
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
