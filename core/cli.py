@@ -520,7 +520,7 @@ def jobs_list(args) -> int:
         )
         for r in rows
     ]
-    print(_table(view, ["id", "kind", "status", "progress", "error", "title"]))
+    print(_table(view, ["id", "kind", "status", "progress", "runner", "error", "title"]))
     return 0
 
 

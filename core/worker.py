@@ -155,6 +155,8 @@ def _processes(job) -> int:
     asked = int((job.spec or {}).get("processes") or 0)
     if asked:
         return asked
+    if job.runner == "ray" and int((job.spec or {}).get("gpus") or 0) > 1:
+        return int(job.spec["gpus"])  # the GPUs the cluster gave it (a node may have more)
     from core.system import machine_info
 
     return max(1, len(machine_info()["gpus"]))

@@ -23,6 +23,7 @@ LLMDEV_RAY_START_TIMEOUT_S fails saying so.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shlex
@@ -158,8 +159,8 @@ def _probe(jobs, where: str) -> None:
     code = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); print('LLMDEV-PROBE', p.read_text() if p.exists() else 'missing')"
     entrypoint = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(str(path))}"
     try:
-        sid = jobs.submit_job(entrypoint=entrypoint, entrypoint_num_cpus=0, metadata={"llmdev": "probe"},
-                              submission_id=f"llmdev-probe-{token}")
+        sid = _submit(jobs, where, entrypoint=entrypoint, entrypoint_num_cpus=0, metadata={"llmdev": "probe"},
+                      submission_id=f"llmdev-probe-{token}")
         deadline = time.monotonic() + min(start_timeout_s(), 120)
         while (status := str(jobs.get_job_status(sid).value)) not in ENDED:
             if time.monotonic() > deadline:
@@ -180,6 +181,19 @@ def _probe(jobs, where: str) -> None:
             f"the nodes of the Ray cluster at {where} do not see this data home ({data_home()}): "
             "put it on storage every node mounts at the same path (a shared filesystem) and set LLMDEV_HOME to it"
         )
+
+
+def _submit(jobs, where: str, **job) -> str:
+    """submit_job, waiting out a head that has just started (its job agent comes up
+    a few seconds after the dashboard); RayUnavailable with Ray's reason otherwise."""
+    for attempt in itertools.count():
+        try:
+            return jobs.submit_job(**job)
+        except Exception as exc:
+            if "No available agent" in str(exc) and attempt < 20:
+                time.sleep(0.5)
+                continue
+            raise RayUnavailable(f"the Ray cluster at {where} refused the job: {exc}") from None
 
 
 def check(spec) -> None:
@@ -244,7 +258,8 @@ def submit(job_id: int, spec: dict, worker_command: list[str], log: Path) -> str
     command = " ".join(shlex.quote(part) for part in worker_command)
     # the worker's output: to the Ray job's log and to the run folder (the job's status is the worker's)
     entrypoint = f"cd {shlex.quote(str(REPO_ROOT))} && set -o pipefail && {command} 2>&1 | tee -a {shlex.quote(str(log))}"
-    return client().submit_job(
+    return _submit(
+        client(), address(),
         entrypoint=f"bash -c {shlex.quote(entrypoint)}",
         submission_id=f"llmdev-{job_id}-{secrets.token_hex(3)}",
         metadata={"llmdev_job_id": str(job_id), "llmdev_home": str(data_home()), "llmdev_host": socket.gethostname()},
