@@ -186,8 +186,10 @@ def test_a_ray_job_that_never_starts_fails_with_the_reason(cluster, monkeypatch)
     waiting = jobs.submit(sft(output_name="waits"))  # one more CPU: Ray keeps it PENDING
     failed = wait_for(lambda: settled(waiting), 90, what="the pending job to time out")
     assert failed.status == "failed" and "did not start it within 8 s" in failed.error, failed.error
-    jobs.cancel(hog)
-    jobs.wait(hog, timeout_s=120)
+    # a pause reaches the worker on the node through the database: it writes a checkpoint and ends paused
+    jobs.cancel(hog, mode="pause")
+    paused = jobs.wait(hog, timeout_s=120)
+    assert paused.status == "paused" and paused.result.get("checkpoint"), (paused.status, paused.result, paused.error)
 
 
 def test_the_sidebar_sends_a_form_s_job_to_ray_and_the_jobs_page_shows_it(cluster, monkeypatch):

@@ -135,7 +135,8 @@ def progress_line(job) -> None:
     steps = f"{p.step}/{p.total} · " if p.total else (f"{p.step} · " if p.step else "")
     if traits(job.kind).service:  # runs until stopped: what it is doing says it all
         steps, eta = "", ""
-    text = f"{STATUS_ICONS.get(job.status, '')} **{job_label(job)}** · {steps if job.status != 'queued' else ''}{p.message}{eta}"
+    where = " · on Ray" + (f" ({job.host})" if job.host else "") if job.runner == "ray" else ""
+    text = f"{STATUS_ICONS.get(job.status, '')} **{job_label(job)}** · {steps if job.status != 'queued' else ''}{p.message}{eta}{where}"
     st.progress(p.fraction or 0.0, text=text)
 
 
