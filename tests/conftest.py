@@ -103,19 +103,25 @@ def prepared(home, _templates):
     return prepare
 
 
-@pytest.fixture
-def tiny_llama(home, prepared):
-    """The registry row of a tiny llama named "tiny" (the model most page and browser tests start from)."""
+def tiny_model(prepared, name: str):
+    """The registry row of a tiny llama called `name`, made by a real job once per
+    test session (`prepared`) and copied into each test's home after that."""
     from core.jobs import lifecycle as jobs
     from core.models import registry as models
     from core.models.create import CreateModelSpec
 
     def build():
-        job = jobs.wait(jobs.submit(CreateModelSpec(name="tiny", arch="llama", size="tiny")), timeout_s=120)
+        job = jobs.wait(jobs.submit(CreateModelSpec(name=name, arch="llama", size="tiny")), timeout_s=120)
         assert job.status == "succeeded", job.log_tail
 
-    prepared("tiny-llama", build)
-    return models.find("tiny")
+    prepared(f"tiny-llama-{name}", build)
+    return models.find(name)
+
+
+@pytest.fixture
+def tiny_llama(home, prepared):
+    """A tiny llama named "tiny" (the model most page and browser tests start from)."""
+    return tiny_model(prepared, "tiny")
 
 
 def _worker_pids(home: Path) -> list[int]:

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import wait_for
+from conftest import tiny_model, wait_for
 from core.data.importer import ImportDatasetSpec
 from core.export import registry as exports
 from core.export.onnx import ExportOnnxSpec
@@ -22,12 +22,7 @@ from core.training.sft import SFTSpec
 
 @pytest.fixture
 def base(home, prepared):
-    def build():
-        job = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
-        assert job.status == "succeeded", job.log_tail
-
-    prepared("base", build)
-    return models.find("base")
+    return tiny_model(prepared, "base")
 
 
 def test_onnx_export_from_the_command_line_is_verified_and_registered(base, cli, home):

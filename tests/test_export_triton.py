@@ -13,12 +13,12 @@ import json
 
 import pytest
 
+from conftest import tiny_model
 from core.export import registry as exports
 from core.export.onnx import OrtDecoder
 from core.export.triton_repo import ExportTritonSpec
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
-from core.models.create import CreateModelSpec
 from core.spec import SpecError
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is in requirements-dev.txt")
@@ -26,12 +26,7 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", rea
 
 @pytest.fixture
 def base(home, prepared):
-    def build():
-        job = jobs.wait(jobs.submit(CreateModelSpec(name="base", arch="llama", size="tiny")), timeout_s=120)
-        assert job.status == "succeeded", job.log_tail
-
-    prepared("base", build)
-    return models.find("base")
+    return tiny_model(prepared, "base")
 
 
 def parse(path):

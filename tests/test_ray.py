@@ -22,6 +22,7 @@ from core.models.create import CreateModelSpec
 from core.serving.service import ServeSpec
 from core.spec import SpecError
 from core.training.sft import SFTSpec
+from test_serving import start_server
 
 RAY = os.environ.get("LLMDEV_TEST_RAY_ADDRESS", "")
 FACTS = [("What colour is the sky?", "Blue."), ("How many legs has a cat?", "Four."),
@@ -121,15 +122,9 @@ def test_an_evaluation_and_a_server_run_on_ray(cluster):
     assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
     assert job.runner == "ray" and job.result["metrics"]["perplexity"] > 1
 
-    server = jobs.submit(ServeSpec(models=["base"], port=0, runner="ray"))
-
-    def endpoint():
-        j = jobs.get(server)
-        assert j.status in jobs.ACTIVE, f"{j.status}: {j.error}\n{j.log_tail}"
-        return (j.result or {}).get("endpoint")
-
-    found = wait_for(endpoint, 180, what="the server on Ray to listen")
-    wait_for(lambda: httpx.get(found["url"] + "/health").status_code == 200, 120, what="its health check")
+    server, found = start_server(ServeSpec(models=["base"], port=0, runner="ray"))  # listening and healthy
+    assert jobs.get(server).runner == "ray"
+    assert httpx.get(found["url"] + "/health").json()["status"] == "ok"
     jobs.cancel(server)
     assert jobs.wait(server, timeout_s=60).status == "stopped"
 
@@ -214,7 +209,7 @@ def test_the_sidebar_sends_a_form_s_job_to_ray_and_the_jobs_page_shows_it(cluste
     assert f"Ray {job.runner_id}" in at.dataframe[0].value["runs on"].tolist()
     assert any(job.runner_id in c.value and "Ray dashboard" in c.value for c in at.caption)
     assert any(f"job {job.id} succeeded" in c.value for c in at.code)  # the log, read from Ray
-    assert any(f"python -m core models create --name from-the-page" in c.value and "--runner ray" in c.value
+    assert any("python -m core models create --name from-the-page" in c.value and "--runner ray" in c.value
                for c in at.code)
 
     # without a cluster set, there is nothing to choose
