@@ -25,6 +25,8 @@ import traceback
 
 from core.jobs.run import BadInput, Cancelled, Run
 
+ON_RAY = os.environ.get("LLMDEV_RUNNER") == "ray"
+"""This worker is a Ray job on a cluster's node."""
 SIGNAL_NAMES = {signal.SIGKILL: "SIGKILL", signal.SIGTERM: "SIGTERM", signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT"}
 
 
@@ -124,22 +126,25 @@ def run_job(job_id: int) -> int:
 
 def _claim(job_id: int) -> bool:
     """Make this process the job's worker; False if it is not ours to run."""
-    from sqlalchemy import or_, update
+    from sqlalchemy import or_, true, update
 
     from core.jobs import lifecycle as jobs
     from storage.db import session
     from storage.tables import Job, utcnow
 
     me, now = os.getpid(), utcnow()
+    # a Ray job claims only the job that names it: a stale one (stopped while pending, started late)
+    # must not take a job of the same id in a database that was reset since
+    mine = Job.runner_id == os.environ.get("LLMDEV_RAY_SUBMISSION_ID", "") if ON_RAY else true()
     with session() as s:
         # queued: started by hand; running with no pid or ours: started by core.jobs.lifecycle
         claimed = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
+            .where(Job.id == job_id, Job.status == "queued", mine)
             .values(status="running", started_at=now, heartbeat_at=now, host=jobs.HOST, pid=me)
         ).rowcount or s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "running", or_(Job.pid.is_(None), Job.pid == me))
+            .where(Job.id == job_id, Job.status == "running", or_(Job.pid.is_(None), Job.pid == me), mine)
             .values(pid=me, host=jobs.HOST, heartbeat_at=now, progress_message="loading")
         ).rowcount
     return bool(claimed)
@@ -155,8 +160,11 @@ def _processes(job) -> int:
     asked = int((job.spec or {}).get("processes") or 0)
     if asked:
         return asked
-    if job.runner == "ray" and int((job.spec or {}).get("gpus") or 0) > 1:
-        return int(job.spec["gpus"])  # the GPUs the cluster gave it (a node may have more)
+    if job.runner == "ray":  # the GPUs the cluster gave it, one process each (the node may have more)
+        from core.jobs.ray_runner import needs
+        from core.kinds import spec_from_dict
+
+        return max(1, int(needs(spec_from_dict(job.spec))[1]))
     from core.system import machine_info
 
     return max(1, len(machine_info()["gpus"]))
@@ -214,7 +222,7 @@ def supervise(job_id: int) -> int:
         request_stop()
     if cancel_at:
         jobs.finish(job_id, jobs.stopped_status(job.kind), error="cancelled before it started")
-        jobs.refresh()
+        jobs.refresh(start=not ON_RAY)
         return 1
 
     # Same process group: a cancel's killpg reaches both processes.
@@ -266,9 +274,11 @@ def supervise(job_id: int) -> int:
         jobs.finish(job_id, "failed", error_class="lost", error=f"the job process was killed by {name}{hint}")
     else:
         jobs.finish(job_id, "failed", error_class="crashed", error=f"the job process exited with code {code} without reporting an end")
-    # Drain the queue: no daemon needed.
+    # Drain the queue: no daemon needed. (Not from a Ray node: the jobs it would start
+    # would be its own children, unseen by Ray, with the node's view of the cluster; the
+    # app or the command line starts them when it next looks.)
     try:
-        jobs.refresh()
+        jobs.refresh(start=not ON_RAY)
     except Exception:
         traceback.print_exc()
     return 0 if jobs.get(job_id).status == "succeeded" else 1
@@ -280,6 +290,9 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[1:] == ["--job-process"]:
         return run_job(int(argv[0]))
+    from core.jobs.ray_runner import load_worker_env
+
+    load_worker_env(int(argv[0]))  # a Ray job: the settings the dashboard must not show
     return supervise(int(argv[0]))
 
 

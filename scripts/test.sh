@@ -58,7 +58,30 @@ RAY_USAGE_STATS_ENABLED=0 .venv/bin/ray start --head --num-cpus=2 --node-ip-addr
   --port="$rayport" --dashboard-host=127.0.0.1 --dashboard-port="$raydash" \
   --object-store-memory=200000000 --disable-usage-stats --temp-dir="$raytmp" >"$raytmp/start.log" 2>&1 \
   || { cat "$raytmp/start.log" >&2; echo "the Ray head did not start: tests/test_ray.py will fail" >&2; }
-stop_all() { .venv/bin/ray stop --force >/dev/null 2>&1 || true; rm -rf "$raytmp"; stop_pg; }
+# stop this head only (its processes name its temp dir or its port, or are their
+# children), not a Ray the user runs beside it
+stop_ray() {
+  .venv/bin/python - "$raytmp" ":$rayport" <<'PY' || true
+import sys, psutil
+marks, me = sys.argv[1:], psutil.Process().pid
+mine = [p for p in psutil.process_iter(["cmdline"])
+        if p.pid != me and any(mark in part for mark in marks for part in p.info["cmdline"] or [])]
+procs = {q.pid: q for p in mine for q in [p, *p.children(recursive=True)]}
+for p in procs.values():
+    try:
+        p.terminate()
+    except psutil.Error:
+        pass
+_, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+for p in alive:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+PY
+  rm -rf "$raytmp"
+}
+stop_all() { stop_ray; stop_pg; }
 trap stop_all EXIT
 export LLMDEV_TEST_RAY_ADDRESS="http://127.0.0.1:$raydash"
 

@@ -83,7 +83,11 @@ def test_sft_on_ray_succeeds_with_metrics_a_registered_model_and_the_ray_log(clu
     assert job.runner == "ray" and job.runner_id.startswith(f"llmdev-{job.id}-")
     client = ray_runner.client()
     wait_for(lambda: ray_runner.status(job) == "SUCCEEDED", 60, what="the Ray job to end")  # the worker exits after its last write
-    assert client.get_job_info(job.runner_id).metadata["llmdev_job_id"] == str(job.id)
+    info = client.get_job_info(job.runner_id)
+    assert info.metadata["llmdev_job_id"] == str(job.id)
+    # the database URL (a password, on PostgreSQL) reached the worker in a file it removed, not through Ray
+    assert "DATABASE_URL" not in info.runtime_env["env_vars"] and info.runtime_env["env_vars"]["LLMDEV_RUNNER"] == "ray"
+    assert not (jobs.run_dir(job.id) / ray_runner.WORKER_ENV).exists()
     assert len(jobs.metrics(job.id)["train_loss"]) == 6
     out = models.get(job.result["model_id"])
     assert out.parent_id == models.find("base").id and out.status == "available" and out.source == "adapter"
@@ -175,10 +179,17 @@ def test_a_data_home_the_nodes_cannot_see_is_refused(cluster, tmp_path):
 
 def test_a_ray_job_that_never_starts_fails_with_the_reason(cluster, monkeypatch):
     monkeypatch.setenv("LLMDEV_MAX_CONCURRENT_JOBS", "2")
-    monkeypatch.setenv(ray_runner.START_TIMEOUT_ENV, "8")
-    hog = jobs.submit(sft(max_steps=400, output_name="hog", threads=2))  # both of the head's CPUs
+    hog = jobs.submit(sft(max_steps=5000, output_name="hog", threads=2))  # both of the head's CPUs
     running(hog)
-    waiting = jobs.submit(sft(output_name="waits"))  # one more CPU: Ray keeps it PENDING
+    # one more CPU: Ray keeps it PENDING; a cancel ends it at once (Ray 2.60 keeps a pending job
+    # that was asked to stop in its queue: if it ever starts, its worker finds it cancelled and exits)
+    held = jobs.submit(sft(output_name="held"))
+    wait_for(lambda: ray_runner.status(jobs.get(held)) == "PENDING", 60, what="the Ray job to be pending")
+    assert jobs.cancel(held) == "cancelled (it had not started on the Ray cluster)"
+    assert jobs.get(held).status == "cancelled"
+
+    monkeypatch.setenv(ray_runner.START_TIMEOUT_ENV, "8")
+    waiting = jobs.submit(sft(output_name="waits"))  # PENDING too, for longer than the wait
     failed = wait_for(lambda: settled(waiting), 90, what="the pending job to time out")
     assert failed.status == "failed" and "did not start it within 8 s" in failed.error, failed.error
     # a pause reaches the worker on the node through the database: it writes a checkpoint and ends paused

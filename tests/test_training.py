@@ -72,7 +72,7 @@ def test_qlora_is_refused_where_it_cannot_run():
     if not why:
         pytest.skip("QLoRA runs on this machine (bitsandbytes 4-bit works here): it is trained below, not refused")
     with pytest.raises(SpecError, match="method: QLoRA cannot run on this machine"):
-        SFTSpec(model="base", dataset="facts", output_name="out", method="qlora")
+        SFTSpec(model="base", dataset="facts", output_name="out", method="qlora").check_inputs()  # as submit does
 
 
 @pytest.mark.parametrize("method", METHODS)

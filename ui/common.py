@@ -97,6 +97,9 @@ def runner_choice() -> None:
         help=f"The Ray cluster at {where} (set on the Jobs page, or LLMDEV_RAY_ADDRESS). A job there writes its "
         "progress to the same database; its data home must be on storage the nodes share.",
     )
+    if st.session_state.get("runner") == "ray":
+        st.sidebar.number_input("GPUs per job", min_value=0, max_value=64, value=0, step=1, key="runner_gpus",
+                                help="What each job asks the cluster for (a training run gets one process per GPU).")
 
 
 def ray_cluster_settings() -> None:

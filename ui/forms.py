@@ -113,9 +113,10 @@ def submit(make_spec: Callable[[], Any], on_started: Callable[[int], None] | Non
 def with_runner(spec: Spec) -> Spec:
     """The spec, set to run where the sidebar says (ui.common.runner_choice)."""
     chosen = st.session_state.get("runner", "local")
-    if spec.runner == chosen:
+    gpus = int(st.session_state.get("runner_gpus") or 0) if chosen == "ray" else 0
+    if (spec.runner, spec.gpus) == (chosen, gpus):
         return spec
-    return type(spec)(**{**spec.model_dump(), "runner": chosen})
+    return type(spec)(**{**spec.model_dump(), "runner": chosen, "gpus": gpus})
 
 
 def start(spec: Spec, label: str, key: str, on_started: Callable[[int], None] | None = None) -> None:

@@ -220,14 +220,16 @@ def _launch(job_id: int) -> None:
 def _launch_on_ray(job: Job) -> None:
     from core.jobs import ray_runner
 
+    sid = ray_runner.submission_id(job.id)
+    with session() as s:  # recorded first: a cancel while it is being submitted can stop it
+        s.execute(update(Job).where(Job.id == job.id).values(runner_id=sid, progress_message="waiting for the Ray cluster"))
     try:
-        submission = ray_runner.submit(job.id, job.spec, worker_command(job.id), log_path(job.id))
+        ray_runner.submit(job.id, sid, job.spec, worker_command(job.id), run_dir(job.id))
     except Exception as exc:
         finish(job.id, "failed", error_class="crashed", error=f"could not submit it to the Ray cluster: {exc}")
         return
     with session() as s:
-        s.execute(update(Job).where(Job.id == job.id).values(runner_id=submission, progress_message="waiting for the Ray cluster"))
-        s.add(Event(message=f"Job {job.id} submitted to the Ray cluster as {submission}", job_id=job.id))
+        s.add(Event(message=f"Job {job.id} submitted to the Ray cluster as {sid}", job_id=job.id))
 
 
 def _reap_children() -> None:
@@ -239,23 +241,35 @@ def _reap_children() -> None:
                 pass
 
 
-def _ray_worker_alive(job: Job, now: datetime) -> bool:
-    """A Ray job's worker: alive while the Ray job runs and its heartbeat is fresh
-    (or it has not claimed the job yet, within the start timeout)."""
+def _ray_trouble(job: Job, now: datetime) -> Optional[str]:
+    """Why a running Ray job's worker is gone, or None while it is alive: the Ray
+    job ended and nobody recorded an end, the cluster did not start it in time,
+    or its heartbeat went stale."""
     from core.jobs import ray_runner
 
-    state = ray_runner.status(job) if job.runner_id else None
+    state = ray_runner.status(job)
     if state in ray_runner.ENDED:
-        return False  # the Ray job is over and nobody recorded an end
+        if job.pid is None:  # it never got as far as claiming the job
+            log = (ray_runner.logs(job) or "").strip().splitlines()
+            return (f"the Ray job {job.runner_id} ended {state} before its worker started"
+                    + (f": {log[-1]}" if log else "") + " (the full log is on the Ray dashboard)")
+        return (f"the worker is gone without reporting an end: the Ray job {job.runner_id} ended {state} "
+                "(killed, out of memory, or its node went away)")
     if job.pid is None:  # submitted (or being submitted), not claimed by a worker yet
-        started = job.started_at or job.created_at
-        return now - started < timedelta(seconds=ray_runner.start_timeout_s())
-    return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
+        waited = now - (job.started_at or job.created_at)
+        if waited < timedelta(seconds=ray_runner.start_timeout_s()):
+            return None
+        return (f"the Ray cluster did not start it within {ray_runner.start_timeout_s():g} s ({state or 'no answer'}): "
+                f"the cluster may lack free resources ({ray_runner.START_TIMEOUT_ENV} sets the wait)")
+    if job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S):
+        return None
+    return (f"the worker's heartbeat stopped {config.LOST_AFTER_S:g} s ago (the Ray job {job.runner_id} is "
+            f"{state or 'not answering'}): its node may have gone away")
 
 
 def _worker_alive(job: Job, now: datetime) -> bool:
     if job.runner == "ray":
-        return _ray_worker_alive(job, now)
+        return _ray_trouble(job, now) is None
     if job.host and job.host != HOST:
         # Another machine's worker (shared PostgreSQL): only its heartbeat tells.
         return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)
@@ -269,14 +283,16 @@ def _worker_alive(job: Job, now: datetime) -> bool:
     return alive
 
 
-def refresh() -> None:
-    """Mark dead workers lost, escalate overdue cancels, start queued jobs."""
+def refresh(start: bool = True) -> None:
+    """Mark dead workers lost, escalate overdue cancels, start queued jobs (unless
+    `start` is off: a worker on a Ray node leaves that to the app)."""
     _reap_children()
     now = utcnow()
     with session() as s:
         running = s.scalars(select(Job).where(Job.status == "running")).all()
     for job in running:
-        alive = _worker_alive(job, now)
+        trouble = _ray_trouble(job, now) if job.runner == "ray" else None
+        alive = trouble is None if job.runner == "ray" else _worker_alive(job, now)
         if job.cancel_requested_at is not None:
             # the worker kills its own job after the grace period; this is the
             # backstop for a worker that cannot (margin: 10 s)
@@ -287,27 +303,19 @@ def refresh() -> None:
                 alive = False
             if not alive:
                 finish(job.id, stopped_status(job.kind), error="cancelled")
-        elif not alive and job.runner == "ray" and job.pid is None:
-            from core.jobs import ray_runner
-
-            _stop_worker(job)
-            finish(
-                job.id,
-                "failed",
-                error_class="lost",
-                error=f"the Ray cluster did not start it within {ray_runner.start_timeout_s():g} s "
-                f"({ray_runner.status(job) or 'no answer'}): the cluster may lack free resources "
-                f"({ray_runner.START_TIMEOUT_ENV} sets the wait)",
-            )
+        elif trouble is not None:
+            _stop_worker(job)  # a Ray job still pending, or running with a silent worker, frees its node
+            finish(job.id, "failed", error_class="lost", error=trouble)
         elif not alive:
             finish(
                 job.id,
                 "failed",
                 error_class="lost",
                 error="the worker process is gone (killed, out of memory, or the machine restarted) "
-                "without reporting an end" + (" (the Ray job ended or its heartbeat stopped)" if job.runner == "ray" else ""),
+                "without reporting an end",
             )
-    start_queued()
+    if start:
+        start_queued()
 
 
 def _stop_worker(job: Job) -> None:
@@ -358,6 +366,15 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
         job = get(job_id)  # it started in the meantime: stop it like a running one
     if job.status in TERMINAL:
         return f"already {job.status}"
+    if job.runner == "ray" and job.pid is None:
+        # on the cluster but no worker has claimed it: stop the Ray job (a worker that claims
+        # it now finds it ended and does not start it)
+        _stop_worker(job)
+        if finish(job_id, ended, error="cancelled before it started on the Ray cluster"):
+            return f"{ended} (it had not started on the Ray cluster)"
+        job = get(job_id)
+        if job.status in TERMINAL:
+            return f"already {job.status}"
     # a Ray job's worker reads the request from the database; the Ray job is stopped on a second cancel
     local = job.runner == "local" and job.host == HOST and worker_alive(job.pid, job_id) is not False
     if job.cancel_requested_at is not None:

@@ -24,6 +24,7 @@ LLMDEV_RAY_START_TIMEOUT_S fails saying so.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import shlex
@@ -44,6 +45,7 @@ ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 PASSED_ENV = ("HF_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_NUM_THREADS", "LLMDEV_", "CUDA_VISIBLE_DEVICES")
 """Environment a job takes along to its node (the node's own environment is the rest)."""
 PROBE_TTL_S = 600.0
+PROBE_TIMEOUT_S = 120.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -88,6 +90,7 @@ def client(where: Optional[str] = None):
         from ray.job_submission import JobSubmissionClient
 
         try:
+            _get(where, "/api/version")  # answers within seconds, or not at all
             _clients[where] = JobSubmissionClient(where)
         except Exception as exc:
             raise RayUnavailable(
@@ -95,6 +98,21 @@ def client(where: Optional[str] = None):
                 f"Start it (ray start --head) or fix {ADDRESS_ENV}"
             ) from None
     return _clients[where]
+
+
+def _get(where: str, path: str, timeout: float = 3.0) -> Any:
+    """GET a JSON answer of the cluster's dashboard, never waiting long (the Ray SDK's
+    own requests have no timeout, and the app asks on every page view)."""
+    import urllib.request
+
+    with urllib.request.urlopen(where + path, timeout=timeout) as response:
+        return json.loads(response.read().decode() or "null")
+
+
+_states: dict[str, tuple[float, Optional[str]]] = {}
+_silent: dict[str, float] = {}
+STATE_TTL_S = 3.0
+SILENT_TTL_S = 30.0
 
 
 # --- before the first job: can the cluster take it? ------------------------------------
@@ -140,8 +158,9 @@ def cluster(where: Optional[str] = None) -> Cluster:
         address=where,
         hosts=sorted({n.node_name for n in nodes}),
         ips=sorted({n.node_ip for n in nodes}),
-        cpus=sum(float((n.resources_total or {}).get("CPU", 0)) for n in nodes),
-        gpus=sum(float((n.resources_total or {}).get("GPU", 0)) for n in nodes),
+        # what one job can get: a Ray job's entrypoint runs on one node
+        cpus=max((float((n.resources_total or {}).get("CPU", 0)) for n in nodes), default=0.0),
+        gpus=max((float((n.resources_total or {}).get("GPU", 0)) for n in nodes), default=0.0),
     )
     _probe(jobs, where)
     _probed[key] = found
@@ -156,25 +175,32 @@ def _probe(jobs, where: str) -> None:
     token = secrets.token_hex(8)
     path = folder / token
     path.write_text(token)
-    code = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); print('LLMDEV-PROBE', p.read_text() if p.exists() else 'missing')"
-    entrypoint = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(str(path))}"
+    code = ("import pathlib, sys; import core.worker; p = pathlib.Path(sys.argv[1]); "
+            "print('LLMDEV-PROBE', p.read_text() if p.exists() else 'missing')")
+    entrypoint = (f"cd {shlex.quote(str(REPO_ROOT))} && {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
+                  f"{shlex.quote(str(path))}")
     try:
         sid = _submit(jobs, where, entrypoint=entrypoint, entrypoint_num_cpus=0, metadata={"llmdev": "probe"},
                       submission_id=f"llmdev-probe-{token}")
-        deadline = time.monotonic() + min(start_timeout_s(), 120)
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
         while (status := str(jobs.get_job_status(sid).value)) not in ENDED:
             if time.monotonic() > deadline:
                 jobs.stop_job(sid)
-                raise RayUnavailable(f"the probe job on the Ray cluster at {where} did not start within {min(start_timeout_s(), 120):g} s")
+                raise RayUnavailable(f"the probe job on the Ray cluster at {where} did not end within {PROBE_TIMEOUT_S:g} s: "
+                                     "the cluster may be busy or lack a free CPU")
             time.sleep(0.3)
         logs = jobs.get_job_logs(sid)
+        try:
+            jobs.delete_job(sid)  # one per check: not left in the cluster's job list
+        except Exception:
+            pass
     finally:
         path.unlink(missing_ok=True)
     if status != "SUCCEEDED":
         raise RayUnavailable(
-            f"a node of the Ray cluster at {where} could not run the platform's interpreter {sys.executable} "
-            f"({status}: {logs.strip().splitlines()[-1] if logs.strip() else 'no output'}): install the platform "
-            "at the same path on every node"
+            f"a node of the Ray cluster at {where} could not run the platform ({sys.executable} in {REPO_ROOT}; "
+            f"{status}: {logs.strip().splitlines()[-1] if logs.strip() else 'no output'}): install the platform "
+            "and its environment at the same paths on every node"
         )
     if f"LLMDEV-PROBE {token}" not in logs:
         raise RayUnavailable(
@@ -217,9 +243,9 @@ def check(spec) -> None:
         )
     cpus, gpus = needs(spec)
     if gpus > found.gpus:
-        raise SpecError("gpus", f"the job asks for {gpus:g} GPU(s); the Ray cluster at {found.address} has {found.gpus:g}")
+        raise SpecError("gpus", f"the job asks for {gpus:g} GPU(s); the largest node of the Ray cluster at {found.address} has {found.gpus:g}")
     if cpus > found.cpus:
-        raise SpecError("threads", f"the job asks for {cpus:g} CPUs; the Ray cluster at {found.address} has {found.cpus:g}")
+        raise SpecError("threads", f"the job asks for {cpus:g} CPUs; the largest node of the Ray cluster at {found.address} has {found.cpus:g}")
 
 
 def _loopback_only(spec) -> bool:
@@ -241,27 +267,43 @@ def needs(spec) -> tuple[float, float]:
 # --- a job's life on the cluster ---------------------------------------------------------
 
 
-def submit(job_id: int, spec: dict, worker_command: list[str], log: Path) -> str:
-    """Submit the worker as a Ray job; returns its submission id."""
+def submission_id(job_id: int) -> str:
+    """The Ray job's id, made (and recorded) before it is submitted: a cancel in between can stop it."""
+    return f"llmdev-{job_id}-{secrets.token_hex(3)}"
+
+
+WORKER_ENV = "worker-env.json"
+"""runs/<id>/worker-env.json: what the worker takes along that the Ray dashboard
+must not show (DATABASE_URL with its password, tokens), read and deleted by the
+worker as it starts (core/worker.py)."""
+
+
+def submit(job_id: int, sid: str, spec: dict, worker_command: list[str], run: Path) -> str:
+    """Submit the worker as the Ray job `sid`; returns it."""
     from core.kinds import spec_from_dict
 
     cpus, gpus = needs(spec_from_dict(spec))
-    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
-    env.update(
+    private = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV)}
+    private.update(DATABASE_URL=database_url())
+    path = run / WORKER_ENV
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(private))
+    env = dict(  # shown by the Ray dashboard: nothing secret
         LLMDEV_HOME=str(data_home()),
-        DATABASE_URL=database_url(),
         PYTHONPATH=str(REPO_ROOT),
         PYTHONUNBUFFERED="1",
         TOKENIZERS_PARALLELISM="false",
         LLMDEV_RUNNER="ray",
+        LLMDEV_RAY_SUBMISSION_ID=sid,  # the worker claims only the job that names this Ray job
     )
     command = " ".join(shlex.quote(part) for part in worker_command)
     # the worker's output: to the Ray job's log and to the run folder (the job's status is the worker's)
+    log = run / "log.txt"
     entrypoint = f"cd {shlex.quote(str(REPO_ROOT))} && set -o pipefail && {command} 2>&1 | tee -a {shlex.quote(str(log))}"
     return _submit(
         client(), address(),
         entrypoint=f"bash -c {shlex.quote(entrypoint)}",
-        submission_id=f"llmdev-{job_id}-{secrets.token_hex(3)}",
+        submission_id=sid,
         metadata={"llmdev_job_id": str(job_id), "llmdev_home": str(data_home()), "llmdev_host": socket.gethostname()},
         runtime_env={"env_vars": env},
         entrypoint_num_cpus=cpus,
@@ -269,28 +311,56 @@ def submit(job_id: int, spec: dict, worker_command: list[str], log: Path) -> str
     )
 
 
+def load_worker_env(job_id: int) -> None:
+    """In the worker on a Ray node: take the environment the app left for it, and remove the file."""
+    path = data_home() / "runs" / str(job_id) / WORKER_ENV
+    if os.environ.get("LLMDEV_RUNNER") != "ray" or not path.exists():
+        return
+    os.environ.update(json.loads(path.read_text()))
+    path.unlink(missing_ok=True)
+
+
 def status(job) -> Optional[str]:
-    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED; None if the cluster does not answer."""
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED; None when the cluster does not
+    answer (asked again after 30 s) or the job was not submitted. Cached for 3 s."""
     if not job.runner_id:
         return None
-    try:
-        return str(client().get_job_status(job.runner_id).value)
-    except Exception:
+    now = time.monotonic()
+    known = _states.get(job.runner_id)
+    if known is not None and now - known[0] < STATE_TTL_S:
+        return known[1]
+    where = address()
+    if not where or now - _silent.get(where, -SILENT_TTL_S) < SILENT_TTL_S:
         return None
+    try:
+        state = str((_get(where, f"/api/jobs/{job.runner_id}") or {}).get("status") or "") or None
+    except Exception:
+        _silent[where] = now
+        return None
+    _states[job.runner_id] = (now, state)
+    return state
 
 
 def stop(job) -> None:
+    """Stop the Ray job (nothing happens to one that has ended)."""
+    if not job.runner_id:
+        return
     try:
         client().stop_job(job.runner_id)
     except Exception:
         pass
+    _states.pop(job.runner_id, None)
 
 
 def logs(job) -> Optional[str]:
     """The Ray job's log, or None when the cluster does not answer."""
+    where = address()
+    if not job.runner_id or not where or time.monotonic() - _silent.get(where, -SILENT_TTL_S) < SILENT_TTL_S:
+        return None
     try:
-        return client().get_job_logs(job.runner_id)
+        return str((_get(where, f"/api/jobs/{job.runner_id}/logs") or {}).get("logs") or "")
     except Exception:
+        _silent[where] = time.monotonic()
         return None
 
 

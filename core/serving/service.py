@@ -130,7 +130,11 @@ def url_host(host: str) -> str:
     """How a client reaches an address: a wildcard is loopback on this machine, or
     the node's own address for a server running as a Ray job."""
     if host in ("0.0.0.0", ""):
-        return socket.gethostbyname(socket.gethostname()) if os.environ.get("LLMDEV_RUNNER") == "ray" else "127.0.0.1"
+        if os.environ.get("LLMDEV_RUNNER") == "ray":
+            from ray.util import get_node_ip_address  # the address Ray's other nodes reach this one at
+
+            return get_node_ip_address()
+        return "127.0.0.1"
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.jobs import lifecycle as jobs
 from core.jobs.run import BadInput, Run
@@ -112,17 +112,6 @@ class TrainSpec(Spec):
     """Training processes: 0 = one per GPU when there are several (DDP under torchrun),
     else one; 2+ on a CPU runs DDP with the gloo backend."""
 
-    @field_validator("method")
-    @classmethod
-    def _method_runs_here(cls, value: str, info: ValidationInfo) -> str:
-        if value == "qlora" and info.data.get("runner") != "ray":  # a cluster's GPUs are checked at submit
-            from core.hardware import qlora_unavailable
-
-            why = qlora_unavailable()
-            if why:
-                raise ValueError(f"QLoRA cannot run on this machine: {why}. Use lora instead.")
-        return value
-
     @model_validator(mode="after")
     def _how_long(self) -> "TrainSpec":
         if self.max_steps == 0 and not self.epochs > 0:
@@ -138,6 +127,12 @@ class TrainSpec(Spec):
         return value
 
     def check_inputs(self) -> None:
+        if self.method == "qlora" and self.runner == "local":  # on Ray the cluster's GPUs are checked
+            from core.hardware import qlora_unavailable
+
+            why = qlora_unavailable()
+            if why:
+                raise SpecError("method", f"QLoRA cannot run on this machine: {why}. Use lora instead, or run it on a Ray cluster with GPUs.")
         if self.resume_from_job:
             try:
                 checkpoint_of(self.resume_from_job)
