@@ -230,3 +230,13 @@ def test_the_sidebar_sends_a_form_s_job_to_ray_and_the_jobs_page_shows_it(cluste
     at.switch_page("pages/9_Jobs.py").run()
     assert any("Ray cluster: none set" in e.label for e in at.expander)
     st.cache_resource.clear()
+
+
+def test_a_job_asking_two_gpus_trains_with_two_processes_on_one_node(cluster):
+    """DDP under torchrun on one Ray node, one process per GPU the cluster gave."""
+    found = ray_runner.cluster()
+    if found.gpus < 2:
+        pytest.skip(f"the test Ray cluster's largest node has {found.gpus:g} GPUs; DDP on Ray needs a node with 2")
+    job = jobs.wait(jobs.submit(sft(gpus=2, output_name="ddp")), timeout_s=600)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    assert job.result["processes"] == 2 and "starting 2 training processes under torchrun" in jobs.read_log_tail(job.id, 200)
