@@ -172,7 +172,7 @@ def test_a_data_home_the_nodes_cannot_see_is_refused(cluster, tmp_path):
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                          capture_output=True, text=True, timeout=180, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode != 0
-    assert f"do not see this data home ({cluster})" in out.stderr + out.stdout
+    assert f"does not see this data home ({cluster})" in out.stderr + out.stdout
     assert "shared filesystem" in out.stderr + out.stdout
     assert [j.id for j in jobs.list_jobs() if j.kind == "sft"] == []
 

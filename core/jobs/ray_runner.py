@@ -162,14 +162,15 @@ def cluster(where: Optional[str] = None) -> Cluster:
         cpus=max((float((n.resources_total or {}).get("CPU", 0)) for n in nodes), default=0.0),
         gpus=max((float((n.resources_total or {}).get("GPU", 0)) for n in nodes), default=0.0),
     )
-    _probe(jobs, where)
+    _probe(jobs, where, found.ips)
     _probed[key] = found
     return found
 
 
-def _probe(jobs, where: str) -> None:
-    """Run a tiny Ray job that reads a fresh token from the data home with the
-    platform's interpreter: the home and the code are where the workers will look."""
+def _probe(jobs, where: str, ips: list[str]) -> None:
+    """On every node (Ray's `node:<ip>` resource pins a job there), run a tiny Ray
+    job that imports the platform and reads a fresh token from the data home: the
+    home and the code are where the workers will look, whichever node gets them."""
     folder = data_home() / "ray-probe"
     folder.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
@@ -179,34 +180,40 @@ def _probe(jobs, where: str) -> None:
             "print('LLMDEV-PROBE', p.read_text() if p.exists() else 'missing')")
     entrypoint = (f"cd {shlex.quote(str(REPO_ROOT))} && {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
                   f"{shlex.quote(str(path))}")
+    ended: dict[str, tuple[str, str]] = {}
     try:
-        sid = _submit(jobs, where, entrypoint=entrypoint, entrypoint_num_cpus=0, metadata={"llmdev": "probe"},
-                      submission_id=f"llmdev-probe-{token}")
+        sids = {ip: _submit(jobs, where, entrypoint=entrypoint, entrypoint_num_cpus=0, metadata={"llmdev": "probe"},
+                            entrypoint_resources={f"node:{ip}": 0.001}, submission_id=f"llmdev-probe-{token}-{n}")
+                for n, ip in enumerate(ips)}
         deadline = time.monotonic() + PROBE_TIMEOUT_S
-        while (status := str(jobs.get_job_status(sid).value)) not in ENDED:
-            if time.monotonic() > deadline:
-                jobs.stop_job(sid)
-                raise RayUnavailable(f"the probe job on the Ray cluster at {where} did not end within {PROBE_TIMEOUT_S:g} s: "
-                                     "the cluster may be busy or lack a free CPU")
+        while len(ended) < len(sids):
+            for ip, sid in sids.items():
+                if ip not in ended and (status := str(jobs.get_job_status(sid).value)) in ENDED:
+                    ended[ip] = (status, jobs.get_job_logs(sid))
+                    try:
+                        jobs.delete_job(sid)  # not left in the cluster's job list
+                    except Exception:
+                        pass
+            if len(ended) < len(sids) and time.monotonic() > deadline:
+                for ip in set(sids) - set(ended):
+                    jobs.stop_job(sids[ip])
+                raise RayUnavailable(f"the probe job on node {', '.join(sorted(set(sids) - set(ended)))} of the Ray cluster "
+                                     f"at {where} did not end within {PROBE_TIMEOUT_S:g} s: the cluster may be busy")
             time.sleep(0.3)
-        logs = jobs.get_job_logs(sid)
-        try:
-            jobs.delete_job(sid)  # one per check: not left in the cluster's job list
-        except Exception:
-            pass
     finally:
         path.unlink(missing_ok=True)
-    if status != "SUCCEEDED":
-        raise RayUnavailable(
-            f"a node of the Ray cluster at {where} could not run the platform ({sys.executable} in {REPO_ROOT}; "
-            f"{status}: {logs.strip().splitlines()[-1] if logs.strip() else 'no output'}): install the platform "
-            "and its environment at the same paths on every node"
-        )
-    if f"LLMDEV-PROBE {token}" not in logs:
-        raise RayUnavailable(
-            f"the nodes of the Ray cluster at {where} do not see this data home ({data_home()}): "
-            "put it on storage every node mounts at the same path (a shared filesystem) and set LLMDEV_HOME to it"
-        )
+    for ip, (status, logs) in sorted(ended.items()):
+        if status != "SUCCEEDED":
+            raise RayUnavailable(
+                f"node {ip} of the Ray cluster at {where} could not run the platform ({sys.executable} in {REPO_ROOT}; "
+                f"{status}: {logs.strip().splitlines()[-1] if logs.strip() else 'no output'}): install the platform "
+                "and its environment at the same paths on every node"
+            )
+        if f"LLMDEV-PROBE {token}" not in logs:
+            raise RayUnavailable(
+                f"node {ip} of the Ray cluster at {where} does not see this data home ({data_home()}): "
+                "put it on storage every node mounts at the same path (a shared filesystem) and set LLMDEV_HOME to it"
+            )
 
 
 def _submit(jobs, where: str, **job) -> str:
