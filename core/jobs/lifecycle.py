@@ -268,8 +268,7 @@ def _ray_trouble(job: Job, now: datetime) -> Optional[str]:
 
 
 def _worker_alive(job: Job, now: datetime) -> bool:
-    if job.runner == "ray":
-        return _ray_trouble(job, now) is None
+    """A local job's worker (a Ray job's: _ray_trouble)."""
     if job.host and job.host != HOST:
         # Another machine's worker (shared PostgreSQL): only its heartbeat tells.
         return job.heartbeat_at is not None and now - job.heartbeat_at < timedelta(seconds=config.LOST_AFTER_S)

@@ -373,7 +373,3 @@ def logs(job) -> Optional[str]:
 
 def dashboard_url(job) -> str:
     return f"{address()}/#/jobs/{job.runner_id}" if job.runner_id else address()
-
-
-def describe(job) -> dict[str, Any]:
-    return {"runner": "ray", "ray_job_id": job.runner_id, "node": job.host, "dashboard": dashboard_url(job)}
