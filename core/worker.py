@@ -129,10 +129,10 @@ def _claim(job_id: int) -> bool:
     from sqlalchemy import or_, true, update
 
     from core.jobs import lifecycle as jobs
-    from storage.db import session
-    from storage.tables import Job, utcnow
+    from storage.db import db_now, session
+    from storage.tables import Job
 
-    me, now = os.getpid(), utcnow()
+    me, now = os.getpid(), db_now()
     # a Ray job claims only the job that names it: a stale one (stopped while pending, started late)
     # must not take a job of the same id in a database that was reset since
     mine = Job.runner_id == os.environ.get("LLMDEV_RAY_SUBMISSION_ID", "") if ON_RAY else true()
@@ -198,8 +198,8 @@ def supervise(job_id: int) -> int:
 
     from core import config
     from core.jobs import lifecycle as jobs
-    from storage.db import session
-    from storage.tables import Job, utcnow
+    from storage.db import db_now, session
+    from storage.tables import Job
 
     cancel_at: list[float] = []  # monotonic time of the first stop request
 
@@ -256,7 +256,7 @@ def supervise(job_id: int) -> int:
             next_beat = now + config.HEARTBEAT_S
             try:
                 with session() as s:
-                    s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow()))
+                    s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=db_now()))
                     row = s.execute(select(Job.status, Job.cancel_requested_at).where(Job.id == job_id)).first()
                 # a cancel from another machine arrives through the database
                 if row is None or row.status != "running" or row.cancel_requested_at is not None:

@@ -13,12 +13,17 @@ import fcntl
 import os
 import threading
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
+
+from storage.tables import UTCDateTime
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -155,6 +160,34 @@ def write_lock(s: Session) -> None:
         s.execute(text("UPDATE jobs SET id = id WHERE 1 = 0"))
     else:
         s.execute(text("SELECT pg_advisory_xact_lock(742002)"))
+
+
+class db_now(FunctionElement):
+    """The database server's time, in a statement: `.values(heartbeat_at=db_now())`.
+
+    Every timestamp the job lifecycle compares (claim, heartbeat, cancel request,
+    end) is written with it, and `clock` reads it: a worker on another machine (a
+    Ray node) and the app then share one clock, so a node whose clock is minutes
+    off does not make its live job look stale. SQLite is a file on this machine:
+    its clock is this machine's."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element, compiler, **kw) -> str:
+    return "clock_timestamp()"  # the time now, not the transaction's start (now())
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element, compiler, **kw) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"  # UTC, the text SQLAlchemy stores for a datetime
+
+
+def clock(s: Session) -> datetime:
+    """Now (UTC) by the database's clock: see `db_now`."""
+    return s.scalar(select(db_now()))
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:

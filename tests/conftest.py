@@ -165,6 +165,24 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def skewed(offset: str) -> list[str]:
+    """A command prefix that runs a process with its clock `offset` off ("-3m"), as
+    on a machine whose clock is wrong (libfaketime; its monotonic clock moves by
+    as much: with FAKETIME_DONT_FAKE_MONOTONIC a sleep fails with EINVAL)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("faketime") is None:
+        if os.environ.get("CI"):
+            pytest.fail("faketime is not installed: run the suite with scripts/test.sh")
+        pytest.skip("libfaketime's faketime is not installed (scripts/test.sh installs it)")
+    prefix = ["faketime", "-f", offset]
+    seen = subprocess.run([*prefix, sys.executable, "-c", "import time; print(time.time())"],
+                          capture_output=True, text=True, check=True)
+    assert abs(float(seen.stdout) - time.time()) > 60, f"faketime {offset} did not move the clock"
+    return prefix
+
+
 @pytest.fixture
 def cli(home):
     """Run `python -m core ...` in a subprocess against the test's data home."""

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 
 import psutil
 import pytest
 from sqlalchemy import select
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, skewed, wait_for
 from core.jobs import lifecycle as jobs
 from core.jobs.liveness import worker_alive
 from core.models import registry as models
@@ -177,6 +178,30 @@ def test_job_started_by_one_process_is_cancelled_by_another(home, backend, cli, 
     wait_for(lambda: _running_with_pid(job_id), 90, what="the worker to start")
     assert jobs.cancel(job_id) == "stopping"
     assert jobs.wait(job_id, timeout_s=90).status == "cancelled"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite: one machine, one clock
+def test_a_worker_on_another_host_whose_clock_is_behind_is_not_lost(home, backend):
+    """A worker on another machine (its own host name, a UTS namespace) whose clock
+    is 3 minutes behind: it writes its heartbeat with the database's clock, so the
+    app, which can only judge it by its heartbeat, does not take it for dead."""
+    if subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
+        pytest.skip("this machine cannot make a UTS namespace (unshare --uts), which stands in for another host")
+    job_id = jobs.submit(CreateModelSpec(name="elsewhere", arch="llama", size="small"), start=False)
+    command = " ".join([*skewed("-3m"), sys.executable, "-m", "core.worker", str(job_id)])
+    worker = subprocess.Popen(["unshare", "--uts", "sh", "-c", f"hostname node-b && exec {command}"], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = wait_for(lambda: _running_with_pid(job_id), 90, what="the worker on node-b to report a step")
+    assert job.host == "node-b" and job.host != jobs.HOST
+    jobs.refresh()  # judged by its heartbeat alone
+    assert jobs.get(job_id).status in ("running", "succeeded"), jobs.get(job_id).error
+    assert worker.wait(timeout=180) == 0, worker.stdout.read()
+    job = jobs.wait(job_id, timeout_s=30)
+    assert job.status == "succeeded", job.error
+    # its clock really was behind: the event it wrote as it ended is stamped with it
+    with session() as s:
+        ended = s.scalars(select(Event).where(Event.job_id == job_id, Event.message.contains("succeeded"))).one()
+    assert job.finished_at - ended.created_at > timedelta(minutes=2)
 
 
 def test_cancel_queued_job_never_starts(home, backend, monkeypatch):

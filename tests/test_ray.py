@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from conftest import PG_URL, ROOT, wait_for
+from conftest import PG_URL, ROOT, skewed, wait_for
 from core.data import registry as datasets
 from core.data.importer import ImportDatasetSpec
 from core.evaluation.perplexity import EvalPerplexitySpec
@@ -120,6 +122,30 @@ def test_a_ray_job_is_cancelled_by_another_process_and_a_killed_worker_is_lost(c
     assert "Ray job" in lost.error
 
 
+def test_apps_whose_clocks_are_off_judge_a_ray_job_by_the_database_clock(cluster):
+    """The worker's heartbeat and a cancel request are stamped with the database's
+    clock: an app 3 minutes ahead does not take the live Ray job for dead, and a
+    cancel asked from one 3 minutes behind is not "overdue" to the others (the
+    worker stops the job cleanly, it is not killed)."""
+    if not PG_URL:
+        pytest.skip("with SQLite the cluster is this machine: one clock")
+    job_id = jobs.submit(sft(max_steps=400, output_name="skew"))
+    running(job_id)
+
+    def app(offset: str, *args: str) -> str:
+        out = subprocess.run([*skewed(offset), sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    app("+3m", "jobs", "list")  # looks at the running jobs, marking the dead ones lost
+    assert jobs.get(job_id).status == "running", jobs.get(job_id).error
+    assert "stopping" in app("-3m", "jobs", "cancel", str(job_id))
+    ended = jobs.wait(job_id, timeout_s=120)
+    assert ended.status == "cancelled" and ended.error.startswith("cancelled at step"), ended.error  # not killed
+    assert "stopped cleanly" in jobs.read_log_tail(job_id, 200)
+
+
 def test_an_evaluation_and_a_server_run_on_ray(cluster):
     job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="base", dataset="facts", split="validation", runner="ray")),
                     timeout_s=300)
@@ -219,7 +245,8 @@ def test_the_sidebar_sends_a_form_s_job_to_ray_and_the_jobs_page_shows_it(cluste
     assert [e.value for e in at.exception] == []
     assert f"Ray {job.runner_id}" in at.dataframe[0].value["runs on"].tolist()
     assert any(job.runner_id in c.value and "Ray dashboard" in c.value for c in at.caption)
-    assert any(f"job {job.id} succeeded" in c.value for c in at.code)  # the log, read from Ray
+    assert any(f"job {job.id} succeeded" in c.value for c in at.code)  # the log, read from Ray once it ended
+    assert any(c.value.startswith(f"The Ray job's log ({job.runner_id})") for c in at.caption)
     assert any("python -m core models create --name from-the-page" in c.value and "--runner ray" in c.value
                for c in at.code)
 

@@ -40,7 +40,7 @@ from core.data import registry as datasets
 from core.export import registry as exports
 from core.jobs.liveness import worker_alive
 from core.models import registry as models
-from storage.db import data_home, database_url, session, write_lock
+from storage.db import clock, data_home, database_url, db_now, session, write_lock
 from storage.tables import Event, Job, Metric, utcnow
 
 ACTIVE = ("queued", "running")
@@ -164,7 +164,7 @@ def _claim_next() -> Optional[int]:
         job = next((j for j in queued if _fits(j, running)), None)
         if job is None:
             return None
-        now = utcnow()
+        now = clock(s)
         job.status, job.started_at, job.heartbeat_at = "running", now, now
         job.host, job.pid, job.progress_message = HOST, None, "starting worker"
         return job.id
@@ -286,8 +286,8 @@ def refresh(start: bool = True) -> None:
     """Mark dead workers lost, escalate overdue cancels, start queued jobs (unless
     `start` is off: a worker on a Ray node leaves that to the app)."""
     _reap_children()
-    now = utcnow()
     with session() as s:
+        now = clock(s)  # the clock the workers' heartbeats are written with, wherever they run
         running = s.scalars(select(Job).where(Job.status == "running")).all()
     for job in running:
         trouble = _ray_trouble(job, now) if job.runner == "ray" else None
@@ -387,7 +387,7 @@ def cancel(job_id: int, mode: str = "cancel") -> str:
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
             .values(
-                cancel_requested_at=utcnow(),
+                cancel_requested_at=db_now(),
                 stop_mode=mode,
                 progress_message="pausing: writing a checkpoint" if mode == "pause" else "stopping" if ended == "stopped" else "cancelling",
             )
@@ -414,7 +414,7 @@ def finish(
 ) -> bool:
     """Move an active job to a terminal state; False if it was no longer in one
     of the `only_from` states (someone else ended or started it first)."""
-    values: dict[str, Any] = dict(status=status, finished_at=utcnow(), log_tail=read_log_tail(job_id))
+    values: dict[str, Any] = dict(status=status, finished_at=db_now(), log_tail=read_log_tail(job_id))
     if status == "succeeded":
         values.update(progress_step=func.coalesce(Job.progress_total, Job.progress_step), progress_message="done")
     elif status in STOPPED:

@@ -78,8 +78,8 @@ class Run:
         """Record progress: `step` of `total` units done, and what is happening now."""
         from sqlalchemy import update
 
-        from storage.db import session
-        from storage.tables import Job, utcnow
+        from storage.db import db_now, session
+        from storage.tables import Job
 
         if self.tuner is not None:
             self.tuner.tick()  # every rank: each has its own threads
@@ -89,7 +89,7 @@ class Run:
         if not force and now - self._last_progress < 0.25 and (total is None or step < total):
             return
         self._last_progress = now
-        values: dict[str, Any] = dict(progress_step=step, heartbeat_at=utcnow())
+        values: dict[str, Any] = dict(progress_step=step, heartbeat_at=db_now())
         if total is not None:
             values["progress_total"] = total
         if message:
