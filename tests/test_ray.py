@@ -89,6 +89,7 @@ def test_sft_on_ray_succeeds_with_metrics_a_registered_model_and_the_ray_log(clu
     assert info.metadata["llmdev_job_id"] == str(job.id)
     # the database URL (a password, on PostgreSQL) reached the worker in a file it removed, not through Ray
     assert "DATABASE_URL" not in info.runtime_env["env_vars"] and info.runtime_env["env_vars"]["LLMDEV_RUNNER"] == "ray"
+    assert info.runtime_env["env_vars"]["CUDA_VISIBLE_DEVICES"] == ""  # it asked for no GPU: it sees none
     assert not (jobs.run_dir(job.id) / ray_runner.WORKER_ENV).exists()
     assert len(jobs.metrics(job.id)["train_loss"]) == 6
     out = models.get(job.result["model_id"])

@@ -303,6 +303,10 @@ def submit(job_id: int, sid: str, spec: dict, worker_command: list[str], run: Pa
         LLMDEV_RUNNER="ray",
         LLMDEV_RAY_SUBMISSION_ID=sid,  # the worker claims only the job that names this Ray job
     )
+    if not gpus:
+        # Ray narrows CUDA_VISIBLE_DEVICES to the GPUs it gave a job, and leaves a job that asked
+        # for none all of the node's: a CPU job must not take a GPU another job was given
+        env["CUDA_VISIBLE_DEVICES"] = ""
     command = " ".join(shlex.quote(part) for part in worker_command)
     # the worker's output: to the Ray job's log and to the run folder (the job's status is the worker's)
     log = run / "log.txt"
