@@ -99,7 +99,8 @@ def runner_choice() -> None:
     )
     if st.session_state.get("runner") == "ray":
         st.sidebar.number_input("GPUs per job", min_value=0, max_value=64, value=0, step=1, key="runner_gpus",
-                                help="What each job asks the cluster for (a training run gets one process per GPU).")
+                                help="What each job asks the cluster for (a training run gets one process per GPU). "
+                                "0: the job runs on CPUs and sees no GPU of its node.")
 
 
 def ray_cluster_settings() -> None:
@@ -255,13 +256,20 @@ def job_details(job) -> None:
     if st.session_state.get("cancel_result"):
         st.toast(st.session_state.pop("cancel_result"))
     with st.expander("Log", expanded=job.status == "failed"):
-        ray_log = ray_runner.logs(job) if job.runner == "ray" and job.runner_id else None
+        tail = jobs.read_log_tail(job.id, 80)
+        # a running Ray job's log is read from the copy its node writes into the run folder
+        # (no request to the cluster on every redraw); an ended one's from Ray, where also
+        # what came before the worker started (or a node that could not write the copy) is
+        ray_log = None
+        if job.runner == "ray" and job.runner_id and (job.status not in jobs.ACTIVE or not tail):
+            ray_log = ray_runner.logs(job)
         if ray_log is not None:
             st.code("\n".join(ray_log.splitlines()[-80:]) or "(empty)", language="text")
             st.caption(f"The Ray job's log ({job.runner_id}); also in {jobs.log_path(job.id)}")
         else:
-            st.code(jobs.read_log_tail(job.id, 80) or "(empty)", language="text")
-            st.caption(str(jobs.log_path(job.id)))
+            st.code(tail or "(empty)", language="text")
+            st.caption(str(jobs.log_path(job.id)) + (f" (the Ray job {job.runner_id}'s log as its node writes it)"
+                                                     if job.runner == "ray" else ""))
 
 
 def _cancel(job_id: int) -> None:
