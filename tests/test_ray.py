@@ -17,14 +17,18 @@ from conftest import PG_URL, ROOT, skewed, wait_for
 from core.data import registry as datasets
 from core.data.importer import ImportDatasetSpec
 from core.evaluation.perplexity import EvalPerplexitySpec
+from core.export.triton_repo import ExportTritonSpec
 from core.jobs import lifecycle as jobs
 from core.jobs import ray_runner
 from core.models import registry as models
 from core.models.create import CreateModelSpec
+from core.serving import triton_deploy
 from core.serving.service import ServeSpec
+from core.serving.triton_deploy import DeployTritonSpec
 from core.spec import SpecError
 from core.training.sft import SFTSpec
 from test_serving import start_server
+from test_triton_deploy import PROMPT, greedy
 
 RAY = os.environ.get("LLMDEV_TEST_RAY_ADDRESS", "")
 FACTS = [("What colour is the sky?", "Blue."), ("How many legs has a cat?", "Four."),
@@ -147,6 +151,15 @@ def test_apps_whose_clocks_are_off_judge_a_ray_job_by_the_database_clock(cluster
     assert "stopped cleanly" in jobs.read_log_tail(job_id, 200)
 
 
+def test_a_ray_job_asking_two_processes_trains_with_ddp_under_torchrun(cluster):
+    """The multi-GPU path on a Ray node (torchrun, DDP), here with two CPU processes and gloo."""
+    job = jobs.wait(jobs.submit(sft(processes=2, threads=2, output_name="ddp-cpu")), timeout_s=300)
+    assert job.status == "succeeded", f"{job.error}\n{job.log_tail}"
+    assert job.result["processes"] == 2
+    assert "starting 2 training processes under torchrun" in ray_runner.logs(job)
+    assert models.find("ddp-cpu").status == "available"
+
+
 def test_an_evaluation_and_a_server_run_on_ray(cluster):
     job = jobs.wait(jobs.submit(EvalPerplexitySpec(model="base", dataset="facts", split="validation", runner="ray")),
                     timeout_s=300)
@@ -158,6 +171,30 @@ def test_an_evaluation_and_a_server_run_on_ray(cluster):
     assert httpx.get(found["url"] + "/health").json()["status"] == "ok"
     jobs.cancel(server)
     assert jobs.wait(server, timeout_s=60).status == "stopped"
+
+
+def test_a_triton_deployment_runs_on_ray(cluster):
+    why = triton_deploy.env_problem()
+    if why:
+        pytest.skip(f"the bundled Triton server cannot start here: {why}")
+    made = jobs.wait(jobs.submit(ExportTritonSpec(model="base", output_name="base-triton", max_tokens=8,
+                                                  verify_steps=2)), timeout_s=300)
+    assert made.status == "succeeded", made.log_tail
+    job_id = jobs.submit(DeployTritonSpec(export="base-triton", runner="ray"))
+
+    def endpoint():
+        job = jobs.get(job_id)
+        assert job.status in jobs.ACTIVE, f"{job.status}: {job.error}\n{job.log_tail}"
+        return (job.result or {}).get("endpoint")
+
+    found = wait_for(endpoint, 240, what="Triton on the Ray node to be ready")
+    job = jobs.get(job_id)
+    assert job.runner == "ray" and job.runner_id and triton_deploy.ready(found["url"])
+    assert triton_deploy.send_triton_request(found, PROMPT, 8)["text"] == greedy(models.find("base"), 8)
+    jobs.cancel(job_id)
+    assert jobs.wait(job_id, timeout_s=90).status == "stopped"
+    wait_for(lambda: ray_runner.status(job) in ray_runner.ENDED, 60, what="the Ray job to end")
+    assert not triton_deploy.ready(found["url"])
 
 
 def test_what_a_cluster_cannot_run_is_refused_before_anything_is_written(cluster, monkeypatch):
