@@ -13,7 +13,7 @@ import fcntl
 import os
 import threading
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.functions import FunctionElement
 
-from storage.tables import UTCDateTime
+from storage.tables import UTCDateTime, utcnow
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -185,9 +185,25 @@ def _db_now_sqlite(element, compiler, **kw) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"  # UTC, the text SQLAlchemy stores for a datetime
 
 
+_offsets: dict[str, timedelta] = {}  # per database: its clock minus this machine's, as `clock` last found it
+
+
 def clock(s: Session) -> datetime:
     """Now (UTC) by the database's clock: see `db_now`."""
-    return s.scalar(select(db_now()))
+    now = s.scalar(select(db_now()))
+    _offsets[str(s.get_bind().url)] = now - utcnow()
+    return now
+
+
+def clock_now() -> datetime:
+    """Now by the database's clock without asking it each time: this machine's
+    clock moved by the difference `clock` measured last (once, if it never has).
+    For what is shown (a job's elapsed time); what is compared uses `clock`."""
+    key = str(get_engine().url)
+    if key not in _offsets:
+        with session() as s:
+            clock(s)
+    return utcnow() + _offsets.get(key, timedelta(0))
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:

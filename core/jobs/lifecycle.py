@@ -40,8 +40,8 @@ from core.data import registry as datasets
 from core.export import registry as exports
 from core.jobs.liveness import worker_alive
 from core.models import registry as models
-from storage.db import clock, data_home, database_url, db_now, session, write_lock
-from storage.tables import Event, Job, Metric, utcnow
+from storage.db import clock, clock_now, data_home, database_url, db_now, session, write_lock
+from storage.tables import Event, Job, Metric
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled", "paused", "stopped")
@@ -534,9 +534,8 @@ class Progress:
     eta_s: Optional[float]
 
 
-def progress(job: Job, now: Optional[datetime] = None) -> Progress:
-    now = now or utcnow()
-    end = job.finished_at or now
+def progress(job: Job) -> Progress:
+    end = job.finished_at or clock_now()  # the clock its start was stamped with (an app host's may be off)
     elapsed = (end - job.started_at).total_seconds() if job.started_at else None
     total = job.progress_total
     fraction = None
