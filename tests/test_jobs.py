@@ -181,7 +181,7 @@ def test_job_started_by_one_process_is_cancelled_by_another(home, backend, cli, 
 
 
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # SQLite: one machine, one clock
-def test_a_worker_on_another_host_whose_clock_is_behind_is_not_lost(home, backend):
+def test_a_worker_on_another_host_whose_clock_is_behind_is_not_lost(home, backend, tmp_path):
     """A worker on another machine (its own host name, a UTS namespace) whose clock
     is 3 minutes behind: it writes its heartbeat with the database's clock, so the
     app, which can only judge it by its heartbeat, does not take it for dead."""
@@ -189,13 +189,23 @@ def test_a_worker_on_another_host_whose_clock_is_behind_is_not_lost(home, backen
         pytest.skip("this machine cannot make a UTS namespace (unshare --uts), which stands in for another host")
     job_id = jobs.submit(CreateModelSpec(name="elsewhere", arch="llama", size="small"), start=False)
     command = " ".join([*skewed("-3m"), sys.executable, "-m", "core.worker", str(job_id)])
-    worker = subprocess.Popen(["unshare", "--uts", "sh", "-c", f"hostname node-b && exec {command}"], cwd=ROOT,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = tmp_path / "node-b.log"
+    with output.open("w") as out:
+        worker = subprocess.Popen(["unshare", "--uts", "sh", "-c", f"hostname node-b && exec {command}"], cwd=ROOT,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=out, stderr=subprocess.STDOUT)
     job = wait_for(lambda: _running_with_pid(job_id), 90, what="the worker on node-b to report a step")
     assert job.host == "node-b" and job.host != jobs.HOST
-    jobs.refresh()  # judged by its heartbeat alone
-    assert jobs.get(job_id).status in ("running", "succeeded"), jobs.get(job_id).error
-    assert worker.wait(timeout=180) == 0, worker.stdout.read()
+    # held still while the app looks (it cannot finish first), judged by its heartbeat alone
+    held = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
+    for proc in held:
+        proc.suspend()
+    try:
+        jobs.refresh()
+        assert jobs.get(job_id).status == "running", jobs.get(job_id).error
+    finally:
+        for proc in held:
+            proc.resume()
+    assert worker.wait(timeout=180) == 0, output.read_text()
     job = jobs.wait(job_id, timeout_s=30)
     assert job.status == "succeeded", job.error
     # its clock really was behind: the event it wrote as it ended is stamped with it

@@ -135,7 +135,7 @@ def test_apps_whose_clocks_are_off_judge_a_ray_job_by_the_database_clock(cluster
     worker stops the job cleanly, it is not killed)."""
     if not PG_URL:
         pytest.skip("with SQLite the cluster is this machine: one clock")
-    job_id = jobs.submit(sft(max_steps=400, output_name="skew"))
+    job_id = jobs.submit(sft(max_steps=3000, output_name="skew"))  # cancelled long before its end
     running(job_id)
 
     def app(offset: str, *args: str) -> str:
@@ -147,7 +147,7 @@ def test_apps_whose_clocks_are_off_judge_a_ray_job_by_the_database_clock(cluster
     app("+3m", "jobs", "list")  # looks at the running jobs, marking the dead ones lost
     assert jobs.get(job_id).status == "running", jobs.get(job_id).error
     elapsed = json.loads(app("+3m", "jobs", "show", str(job_id), "--json"))["progress"]["elapsed_s"]
-    assert 0 <= elapsed < 120  # it started moments ago by the clock it was stamped with, not 3 minutes ago
+    assert abs(elapsed - jobs.progress(jobs.get(job_id)).elapsed_s) < 30  # not 3 minutes more than here
     assert "stopping" in app("-3m", "jobs", "cancel", str(job_id))
     ended = jobs.wait(job_id, timeout_s=120)
     assert ended.status == "cancelled" and ended.error.startswith("cancelled at step"), ended.error  # not killed
