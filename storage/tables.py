@@ -19,6 +19,15 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def db_clock_now() -> datetime:
+    """When a row is made, by the database's clock (`storage.db.clock_now`): the
+    rows a worker on a machine whose clock is off writes (events, metrics, the
+    model it makes) line up with the app's."""
+    from storage.db import clock_now
+
+    return clock_now()
+
+
 class UTCDateTime(TypeDecorator):
     """A timezone-aware UTC datetime on every backend (SQLite stores naive text)."""
 
@@ -73,7 +82,7 @@ class Model(Base):
     error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     # anything else worth showing: tokenizer class, special tokens, sample output
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
 class Dataset(Base):
@@ -92,7 +101,7 @@ class Dataset(Base):
     num_rows: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     fingerprint: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
 class Export(Base):
@@ -120,7 +129,7 @@ class Export(Base):
     # graph facts, files and sizes, lineage, library versions
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
 class Job(Base):
@@ -160,7 +169,7 @@ class Job(Base):
     resumed_from: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     # what the job produced, e.g. {"model_id": 3}
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -179,7 +188,7 @@ class Metric(Base):
     step: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
 class Event(Base):
@@ -193,7 +202,7 @@ class Event(Base):
     job_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     model_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), default=utcnow, index=True
+        UTCDateTime(), default=db_clock_now, index=True
     )
 
 
