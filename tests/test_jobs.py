@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import timedelta
 
 import psutil
 import pytest
@@ -208,11 +207,12 @@ def test_a_worker_on_another_host_whose_clock_is_behind_is_not_lost(home, backen
     assert worker.wait(timeout=180) == 0, output.read_text()
     job = jobs.wait(job_id, timeout_s=30)
     assert job.status == "succeeded", job.error
-    # what it wrote as it ended (node-b's clock is 3 minutes behind: `skewed` checked) lines up with the app's
+    # what it wrote (node-b's clock is 3 minutes behind: `skewed` checked) falls between its start and end
     with session() as s:
         ended = s.scalars(select(Event).where(Event.job_id == job_id, Event.message.contains("succeeded"))).one()
         measured = s.scalars(select(Metric).where(Metric.job_id == job_id)).all()
-    assert measured and all(abs(job.finished_at - m.created_at) < timedelta(seconds=30) for m in [ended, *measured])
+    assert measured and all(job.started_at <= m.created_at <= job.finished_at for m in measured)
+    assert job.started_at <= ended.created_at
 
 
 def test_cancel_queued_job_never_starts(home, backend, monkeypatch):
