@@ -30,6 +30,8 @@ command a job shows is the same command with the same flags.
     python -m core jobs cancel|pause|stop ID [--wait]
     python -m core jobs logs ID [--lines N] [--follow]
     python -m core jobs wait ID
+    python -m core users add|list|set-role|disable|enable|reset-password|delete ...   (core/access/commands.py)
+    python -m core audit [--limit N] [--user NAME] [--json]
 
 `python -m core <noun> <verb> --help` lists a command's flags with their docs.
 A command that starts a job prints the job id as its last line (with --json,
@@ -730,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = j.add_parser("wait", help="wait for a job; non-zero exit unless it succeeded")
     c.add_argument("id", type=int)
     c.set_defaults(func=jobs_wait)
+    from core.access import commands
+
+    commands.add_commands(top)
     return p
 
 

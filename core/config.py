@@ -10,6 +10,12 @@ LLMDEV_AUTO_STARTER          convert the starter model on first launch (default 
 LLMDEV_JOB_THREADS           torch threads per job (default 0: chosen from the free cores, core/threads.py)
 LLMDEV_RAY_ADDRESS           a Ray cluster's dashboard address for jobs with runner ray (or set on the Jobs page)
 LLMDEV_RAY_START_TIMEOUT_S   seconds a Ray job may wait for the cluster to start it (default 300)
+LLMDEV_MAX_QUEUED_PER_USER   jobs a member may have waiting at once (default 5; admins: no limit)
+LLMDEV_MAX_SERVICES_PER_USER services (servers, deployments) a member may run at once (default 2)
+LLMDEV_ALLOWED_PATHS         folders app visitors may name files under (core/access/paths.py)
+LLMDEV_SESSION_HOURS         how long a sign-in lasts (default 12)
+LLMDEV_USER_CODE_CPU_S       CPU seconds per call of a user's code (default 60; core/access/sandbox.py)
+LLMDEV_USER_CODE_MEMORY_MB   memory of a user's code's process (default 4096)
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ SECRET_KEYS = (
     "LLMDEV_JOB_THREADS",
     "LLMDEV_RAY_ADDRESS",
     "LLMDEV_RAY_START_TIMEOUT_S",
+    "LLMDEV_MAX_QUEUED_PER_USER",
+    "LLMDEV_MAX_SERVICES_PER_USER",
+    "LLMDEV_ALLOWED_PATHS",
+    "LLMDEV_SESSION_HOURS",
+    "LLMDEV_USER_CODE_CPU_S",
+    "LLMDEV_USER_CODE_MEMORY_MB",
 )
 
 
@@ -72,11 +84,21 @@ def pause_grace_s() -> float:
     return max(cancel_grace_s(), _number("LLMDEV_PAUSE_GRACE_S", 300.0, 0))
 
 
+def max_queued_per_user() -> int:
+    return int(_number("LLMDEV_MAX_QUEUED_PER_USER", 5, 1))
+
+
+def max_services_per_user() -> int:
+    return int(_number("LLMDEV_MAX_SERVICES_PER_USER", 2, 0))
+
+
 def check() -> None:
     """Raise ValueError naming the variable if a setting is unusable."""
     max_concurrent_jobs()
     max_light_jobs()
     cancel_grace_s()
+    max_queued_per_user()
+    max_services_per_user()
     from core.threads import setting
 
     setting()

@@ -9,24 +9,38 @@
     file      a Python file of the user's defining `reward(prompts, completions, **columns)`
     model     a registered reward model's score (core/inference/reward.py)
 
-A user's file runs only in a job process (or in `python -m core.rewards
-FILE`, the "try it on 3 rows" check, a subprocess too), never in the app.
+A user's file never runs in the app nor in the job's own process: it runs confined
+(core/access/sandbox.py: scrubbed environment, its own folder, CPU and memory
+limits, no network) and is called with the arguments TRL passes, as plain data:
+
+    prompts          what the policy was asked: a list of chat messages
+                     [{"role": "user", "content": ...}] per prompt when the policy
+                     has a chat template, else a string (the instruction layout)
+    completions      its answers, the same way: [{"role": "assistant", "content": ...}]
+                     or a string (text_of() reads either)
+    completion_ids   each answer's token ids (a list of ints)
+    trainer_state    global_step, max_steps and epoch (attributes)
+    <column>         each other column of the prompt data set, one value per answer
+                     (e.g. answer: the reference text)
+
+It returns one float per completion (None: no reward for that one). "Try it on 3
+rows" (core/training/grpo.py `try_rewards`) calls it exactly so, on answers the
+policy writes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
-import sys
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from core.jobs.run import BadInput
 
 TRY_ROWS = 3
+USER_CODE = "user_code"
+"""The folder of a run where its user code runs (and may write)."""
 
 
 def text_of(completion: Any) -> str:
@@ -100,21 +114,37 @@ def match(how: str) -> Callable:
     return _named("match", reward)
 
 
-def from_file(path: Path) -> Callable:
-    """The `reward` function a user's file defines (run in this process)."""
-    import importlib.util
+def from_file(path: Path, folder: Path) -> Callable:
+    """The `reward` function of a user's file, run confined in `folder` (where the
+    file is copied: the only place it sees of the run)."""
+    import atexit
 
-    spec = importlib.util.spec_from_file_location("llmdev_user_reward", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    func = getattr(module, "reward", None)
-    if not callable(func):
-        raise ValueError(f"{path} defines no function `reward(prompts, completions, **columns)`")
+    from core.access import sandbox
 
-    def reward(prompts, completions, **columns):
-        return [None if v is None else float(v) for v in func(prompts=prompts, completions=completions, **columns)]
+    folder.mkdir(parents=True, exist_ok=True)
+    code = folder / "reward_file.py"
+    if Path(path).resolve() != code.resolve():
+        shutil.copyfile(path, code)
+    box = sandbox.Confined(code, "reward", folder, label="your reward file")
+    box.start()  # a file that does not load fails here, before any training
+    atexit.register(box.close)
 
+    def reward(prompts, completions, trainer_state=None, **columns):
+        columns = {k: v for k, v in columns.items() if k not in NOT_DATA}
+        state = None if trainer_state is None else {
+            "global_step": trainer_state.global_step, "max_steps": trainer_state.max_steps, "epoch": trainer_state.epoch}
+        values = box.call(prompts=prompts, completions=completions, trainer_state=state, **columns)
+        if not isinstance(values, list) or len(values) != len(completions):
+            got = f"{len(values)} rewards" if isinstance(values, list) else f"a {type(values).__name__}"
+            raise ValueError(f"it returned {got} for {len(completions)} completions (a list: one float or None per completion)")
+        return [None if v is None else float(v) for v in values]
+
+    reward.close = box.close  # the process ends with the job; a short-lived caller closes it sooner
     return _named("file", reward)
+
+
+NOT_DATA = ("log_extra", "log_metric", "environments")
+"""What TRL passes a reward function that is not data (callables, live objects): kept from user code."""
 
 
 def from_model(model, tokenizer) -> Callable:
@@ -146,10 +176,10 @@ def build(spec: Any, folder: Path, reward_model_row=None) -> tuple[list, list[fl
         elif name == "file":
             path = Path(spec.reward_file).expanduser()
             copy = folder / "reward_file.py"
-            shutil.copyfile(path, copy)  # the code this run used, next to it
+            shutil.copyfile(path, copy)  # the code this run used, next to it (out of the user code's reach)
             facts["reward_file"] = {"path": str(path), "sha256": file_hash(copy), "copy": str(copy)}
             print(f"reward file {path} (sha256 {facts['reward_file']['sha256']})", flush=True)
-            funcs.append(from_file(copy))
+            funcs.append(from_file(copy, folder / USER_CODE))
         elif name == "model":
             from core.inference import reward as scoring
 
@@ -169,9 +199,13 @@ class RewardFailed(BadInput):
 
     def __init__(self, name: str, state: Any, exc: Exception):
         step = state.global_step + 1 if state is not None else "?"
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("reward_file.py")]
-        where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
-        super().__init__(f"the {name} reward failed at step {step}{where}: {type(exc).__name__}: {exc}")
+        from core.access.sandbox import UserCodeError
+
+        if isinstance(exc, UserCodeError):  # the confined file's own words: where and what
+            where = f" ({exc.file}, line {exc.line})" if exc.line else ""
+            super().__init__(f"the {name} reward failed at step {step}{where}: {exc.what}")
+            return
+        super().__init__(f"the {name} reward failed at step {step}: {type(exc).__name__}: {exc}")
 
 
 class Recorder:
@@ -211,47 +245,3 @@ class Recorder:
             if isinstance(row["prompt"], list):  # a conversation: the question asked
                 row["prompt"] = text_of(row["prompt"][-1:])
         return rows
-
-
-# --- "try it on 3 rows": the user's file in a subprocess ------------------------------------
-
-
-def try_file(path: str, rows: list[dict[str, Any]], timeout_s: float = 60) -> dict[str, Any]:
-    """Run a user's reward file on a few rows in a separate process (never in the
-    app): {"scores": [...]} or {"error": "...", "line": N}."""
-    import subprocess
-
-    sample = [{"prompt": r.get("prompt", ""), "completion": r.get("answer") or "an example answer", **r} for r in rows[:TRY_ROWS]]
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "core.rewards", str(path)], input=json.dumps(sample),
-            capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[1],
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"it did not return within {timeout_s:.0f} s"}
-    try:
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"error": (out.stderr or out.stdout or "no output").strip()[-800:]}
-
-
-def _try_main(path: str) -> int:
-    rows = json.loads(sys.stdin.read())
-    try:
-        func = from_file(Path(path))
-        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in ("prompt", "completion")} if rows else {}
-        scores = func(prompts=[r["prompt"] for r in rows], completions=[r["completion"] for r in rows],
-                      completion_ids=[[] for _ in rows], **columns)
-        if len(scores) != len(rows):
-            raise ValueError(f"it returned {len(scores)} rewards for {len(rows)} completions (one per completion)")
-        print(json.dumps({"scores": scores}))
-    except Exception as exc:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == Path(path).resolve()]
-        line = frames[-1].lineno if frames else None
-        where = f"{path}, line {line}: " if line else f"{path}: "
-        print(json.dumps({"error": f"{where}{type(exc).__name__}: {exc}", "line": line}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_try_main(sys.argv[1]))

@@ -30,6 +30,7 @@ of the platform reads the traits, never a kind's name:
     input_models     fields that name models the job reads
     input_datasets   fields that name data sets the job reads
     input_exports    fields that name exports the job reads (they cannot be deleted meanwhile)
+    user_code        fields that name a user's code the job runs (confined: core/access/sandbox.py)
     dataset_formats  the data set formats those fields accept
 """
 
@@ -128,6 +129,8 @@ class Spec(BaseModel):
     input_datasets: ClassVar[tuple[str, ...]] = ()
     input_exports: ClassVar[tuple[str, ...]] = ()
     dataset_formats: ClassVar[tuple[str, ...]] = ()
+    # fields naming code of the user's that the job runs (a reward file, an lm-eval task folder)
+    user_code: ClassVar[tuple[str, ...]] = ()
     # fields holding a secret (an API key): never printed; `<field>_env` names
     # an environment variable to read it from, in YAML and on the CLI
     secrets: ClassVar[tuple[str, ...]] = ()

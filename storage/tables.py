@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -82,6 +82,9 @@ class Model(Base):
     error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     # anything else worth showing: tokenizer class, special tokens, sample output
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the account that made it (core/access: a member changes only what they own); None:
+    # made before the first account existed, until that account claims it
+    owner_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
@@ -101,6 +104,9 @@ class Dataset(Base):
     num_rows: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     fingerprint: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the account that made it (core/access: a member changes only what they own); None:
+    # made before the first account existed, until that account claims it
+    owner_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
@@ -129,6 +135,9 @@ class Export(Base):
     # graph facts, files and sizes, lineage, library versions
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    # the account that made it (core/access: a member changes only what they own); None:
+    # made before the first account existed, until that account claims it
+    owner_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
 
 
@@ -169,6 +178,9 @@ class Job(Base):
     resumed_from: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     # what the job produced, e.g. {"model_id": 3}
     result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the account that made it (core/access: a member changes only what they own); None:
+    # made before the first account existed, until that account claims it
+    owner_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
     started_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
@@ -250,3 +262,63 @@ class Rubric(Base):
     scale_min: Mapped[int] = mapped_column(Integer, default=1)
     scale_max: Mapped[int] = mapped_column(Integer, default=5)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Account(Base):
+    """Someone who signs in to the app (core/access/accounts.py): viewer, member or admin."""
+
+    __tablename__ = "accounts"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # argon2id (argon2-cffi), never the password itself
+    password_hash: Mapped[str] = mapped_column(Text)
+    # viewer | member | admin
+    role: Mapped[str] = mapped_column(String(10))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
+    last_seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SignInSession(Base):
+    """A signed-in browser: the token's hash (the token itself is only in the browser's
+    cookie), until it expires or its account signs out."""
+
+    __tablename__ = "sign_in_sessions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SignInFailure(Base):
+    """Recent failed sign-ins under one name (known or not): the next try waits longer."""
+
+    __tablename__ = "sign_in_failures"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditEntry(Base):
+    """Who did what: a job submitted, cancelled, something deleted, a setting changed,
+    a sign-in (or a failed one), a refused action."""
+
+    __tablename__ = "audit"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=db_clock_now, index=True)
+    # the account's name, or "NAME (terminal)" for the machine's owner at the CLI
+    actor: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)

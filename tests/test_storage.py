@@ -12,14 +12,15 @@ from conftest import ROOT
 from storage import db
 from storage.tables import Event, Job, Metric, Model, utcnow
 
-TABLES = {"models", "datasets", "jobs", "metrics", "events", "settings", "eval_samples", "rubrics", "alembic_version"}
+TABLES = {"models", "datasets", "jobs", "metrics", "events", "settings", "eval_samples", "rubrics", "exports", "accounts",
+          "sign_in_sessions", "sign_in_failures", "audit", "alembic_version"}
 
 
 def test_migrations_create_schema_at_head(home, backend):
     engine = db.get_engine()
     assert TABLES <= set(inspect(engine).get_table_names())
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     # a second process start is a no-op
     db.dispose_engines()
     db.migrate(db.get_engine())

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator
 
+from core.access import paths
 from core.data import files
 from core.data import registry as datasets
 from core.jobs.run import BadInput, Run
@@ -57,9 +58,11 @@ class ImportDatasetSpec(Spec):
     @field_validator("path")
     @classmethod
     def _file(cls, value: str) -> str:
-        path = Path(value or "").expanduser()
-        if not value or not path.is_file():
-            raise ValueError(f"{value or '(empty)'} is not a file")
+        if not value:
+            raise ValueError("(empty) is not a file")
+        path = paths.usable(value, "file")  # in the app: an upload, a sample, or a file under an allowed root
+        if not path.is_file():
+            raise ValueError(f"{value} is not a file")
         if path.suffix.lower() not in files.EXTENSIONS:
             raise ValueError(f"{path.name}: unsupported file type; use one of {', '.join(files.EXTENSIONS)}")
         if path.stat().st_size > files.MAX_FILE_BYTES:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.access import accounts, audit
+from core.access.accounts import Actor
 from core.data.files import DatasetError
 from core.jobs import outputs
 from core.spec import SpecError, check_model_name
@@ -40,7 +42,7 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
         return []
     name = getattr(spec, spec.output_field)
     outputs.reserve_name(s, Dataset, name, spec.output_field, "data set", "dataset_ids", lambda i: [dataset_dir(i), partial_dir(i)])
-    row = Dataset(name=name, format=spec.format or "auto", status="creating", origin=spec.path, details={})
+    row = Dataset(name=name, format=spec.format or "auto", status="creating", origin=spec.path, details={}, owner_id=s.info.get("owner_id"))
     s.add(row)
     s.flush()
     return [row.id]
@@ -117,6 +119,7 @@ def dataset_dict(row: Dataset) -> dict[str, Any]:
         "format": row.format,
         "status": row.status,
         "origin": row.origin,
+        "owner": accounts.owner_of(row.owner_id),
         "num_rows": row.num_rows,
         "fingerprint": row.fingerprint,
         "path": str(data_home() / row.path) if row.path else None,
@@ -143,21 +146,29 @@ def active_jobs_using(dataset_id: int) -> list[Job]:
 # --- changing -----------------------------------------------------------------------------
 
 
-def rename(dataset_id: int, new_name: str) -> Dataset:
+def rename(dataset_id: int, new_name: str, by: Optional[Actor] = None) -> Dataset:
+    """Rename a data set, for `by` (its owner or an admin; default: the machine's owner)."""
     new_name = check_model_name(new_name)
+    by = by or accounts.terminal()
     with session() as s:
         row = s.get(Dataset, dataset_id)
         if row is None:
             raise DatasetError(f"there is no data set {dataset_id}")
+        accounts.require_change(by, row.owner_id, f"data set {dataset_id} '{row.name}'", "rename")
         if outputs.name_taken(s, Dataset, new_name, exclude_id=dataset_id):
             raise SpecError("name", f"a data set named {new_name!r} already exists: choose another name")
         old, row.name = row.name, new_name
         s.add(Event(message=f"Data set '{old}' renamed to '{new_name}'"))
+    audit.record(by, "rename", f"data set {dataset_id} '{old}'", f"now '{new_name}'")
     return row
 
 
-def delete(dataset_id: int) -> None:
-    """Delete a data set's row and files; refused while a job uses it."""
+def delete(dataset_id: int, by: Optional[Actor] = None) -> None:
+    """Delete a data set's row and files, for `by` (its owner or an admin; default:
+    the machine's owner); refused while a job uses it."""
+    by = by or accounts.terminal()
+    row = get(dataset_id)
+    accounts.require_change(by, row.owner_id, f"data set {dataset_id} '{row.name}'", "delete")
     users = [j.id for j in active_jobs_using(dataset_id)]
     if users:
         raise DatasetError(f"data set {dataset_id} is in use by job {', '.join(map(str, users))}: cancel it or wait for it to end")
@@ -169,3 +180,4 @@ def delete(dataset_id: int) -> None:
         s.delete(row)
     shutil.rmtree(dataset_dir(dataset_id), ignore_errors=True)
     shutil.rmtree(partial_dir(dataset_id), ignore_errors=True)
+    audit.record(by, "delete", f"data set {dataset_id} '{row.name}'")

@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, model_validator
 from sqlalchemy import select
 
+from core.access import outbound
+from core.access.masking import one_line
 from core.evaluation.common import evaluate_targets
 from core.evaluation.generation import EvalGenerationSpec, answers, generation_settings, prompts_for, prompts_of
 from core.inference import generate
@@ -185,11 +187,13 @@ def ask_endpoint(url: str, prompt: str, *, api_key: str = "", model: str = "", m
     for _ in range(RETRIES + 1):
         request = urllib.request.Request(chat_url(url), data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            with outbound.open_url(request, timeout=HTTP_TIMEOUT_S) as response:
                 data = json.loads(response.read().decode("utf-8"))
             return str(data["choices"][0]["message"]["content"] or "")
+        except outbound.Refused as exc:
+            raise JudgeError(str(exc)) from None
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
+            detail = one_line(exc.read().decode("utf-8", "replace"))  # a remote party's words: one short line
             if exc.code in (401, 403):
                 raise JudgeError(f"the judge endpoint {url} refused the request ({exc.code}): check the API key. {detail}") from None
             if exc.code in (400, 404, 422):
@@ -198,7 +202,7 @@ def ask_endpoint(url: str, prompt: str, *, api_key: str = "", model: str = "", m
         except urllib.error.URLError as exc:
             last = JudgeError(f"cannot reach the judge endpoint {url}: {exc.reason}")
         except (KeyError, IndexError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise JudgeError(f"the judge endpoint {url} did not answer like an OpenAI chat completion: {exc!r}") from None
+            raise JudgeError(f"the judge endpoint {url} did not answer like an OpenAI chat completion: {one_line(repr(exc))}") from None
         except TimeoutError:
             last = JudgeError(f"the judge endpoint {url} did not answer within {HTTP_TIMEOUT_S} s")
         except (OSError, http.client.HTTPException) as exc:  # reset, closed mid-reply
@@ -255,6 +259,14 @@ class EvalJudgeSpec(EvalGenerationSpec):
         if not self.rubric.strip():
             raise SpecError("rubric", "give the name of a rubric")
         return self
+
+    def check_inputs(self) -> None:
+        if self.judge_url:
+            try:
+                outbound.check_url(self.judge_url, "the judge endpoint")
+            except outbound.Refused as exc:
+                raise SpecError("judge_url", str(exc)) from None
+        super().check_inputs()
 
     def title(self) -> str:
         judge = self.judge_model or self.judge_url

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional, S
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from core.access import paths
 from core.evaluation.common import EvalSpec, finite
 from core.format import jsonable
 from core.inference import generate
@@ -355,6 +356,7 @@ class EvalLmEvalSpec(EvalSpec):
     kind: ClassVar[str] = "eval_lm_eval"
     command: ClassVar[tuple[str, ...]] = ("eval", "lm-eval")
     flags: ClassVar[dict[str, str]] = {"tasks": "task"}
+    user_code: ClassVar[tuple[str, ...]] = ("task_dir",)
 
     tasks: list[str] = []
     """Task names (local tasks, or tasks in task_dir)."""
@@ -389,7 +391,7 @@ class EvalLmEvalSpec(EvalSpec):
     def _folder(cls, value: str) -> str:
         if not value:
             return value
-        path = Path(value).expanduser()
+        path = paths.usable(value, "dir")  # in the app: an uploaded task folder, or one under an allowed root
         if not path.is_dir():
             raise ValueError(f"{value} is not a folder")
         return str(path.resolve())

@@ -19,6 +19,8 @@ from typing import Any, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.access import accounts, audit
+from core.access.accounts import Actor
 from core.jobs import outputs
 from core.jobs.outputs import folder_size
 from storage.db import data_home, session
@@ -47,7 +49,7 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
         return []
     name = getattr(spec, spec.output_field)
     outputs.reserve_name(s, Export, name, spec.output_field, "export", "model_ids", lambda i: [export_dir(i), partial_dir(i)])
-    row = Export(name=name, format=spec.export_format, status="creating", settings=spec.to_dict(), verification={}, details={})
+    row = Export(name=name, format=spec.export_format, status="creating", settings=spec.to_dict(), verification={}, details={}, owner_id=s.info.get("owner_id"))
     s.add(row)
     s.flush()
     return [row.id]
@@ -120,6 +122,7 @@ def export_dict(row: Export) -> dict[str, Any]:
         "format": row.format,
         "status": row.status,
         "model_id": row.model_id,
+        "owner": accounts.owner_of(row.owner_id),
         "model": model.name if model is not None else (row.details or {}).get("model"),
         "path": str(data_home() / row.path) if row.path else None,
         "size_bytes": row.size_bytes,
@@ -151,11 +154,15 @@ def archive(row: Export) -> bytes:
 # --- changing -----------------------------------------------------------------------------
 
 
-def delete(export_id: int) -> None:
+def delete(export_id: int, by: Optional[Actor] = None) -> None:
+    """Delete an export's row and files, for `by` (its owner or an admin; default:
+    the machine's owner); refused while it is made or served."""
+    by = by or accounts.terminal()
     with session() as s:
         row = s.get(Export, export_id)
         if row is None:
             raise ExportError(f"there is no export {export_id}")
+        accounts.require_change(by, row.owner_id, f"export {export_id} '{row.name}'", "delete")
         if row.status == "creating":
             raise ExportError(f"export '{row.name}' is being made by job {row.job_id}: cancel it first")
         for job in readers(s, row):
@@ -164,6 +171,7 @@ def delete(export_id: int) -> None:
         s.delete(row)
         s.add(Event(message=f"Export '{name}' deleted"))
     shutil.rmtree(export_dir(export_id), ignore_errors=True)
+    audit.record(by, "delete", f"export {export_id} '{name}'")
 
 
 def readers(s: Session, row: Export) -> list[Job]:

@@ -36,6 +36,8 @@ from typing import Any, Optional
 from sqlalchemy import func, select, update
 
 from core import config
+from core.access import accounts, audit
+from core.access.accounts import Actor
 from core.data import registry as datasets
 from core.export import registry as exports
 from core.jobs.liveness import worker_alive
@@ -64,22 +66,34 @@ def log_path(job_id: int) -> Path:
     return run_dir(job_id) / "log.txt"
 
 
-def submit(spec: Any, *, start: bool = True) -> int:
-    """Queue a validated spec; returns the job id. Writes nothing if anything fails."""
+def submit(spec: Any, *, start: bool = True, by: Optional[Actor] = None) -> int:
+    """Queue a validated spec for `by` (default: the machine's owner at a terminal);
+    returns the job id. Writes nothing if anything fails."""
+    by = by or accounts.terminal()
     config.check()  # a bad setting is reported before a job is written
+    try:
+        accounts.require(by, "member", "starting a job")
+        _check_limits(spec, by)
+        _check_user_code(spec, by)
+    except accounts.Denied as exc:
+        audit.record(by, "submit", spec.title(), str(exc), ok=False)
+        raise
     spec.check_inputs()  # files it reads are checked before anything is written
     if spec.runner == "ray":
         from core.jobs import ray_runner
 
         ray_runner.check(spec)  # the cluster can run it: resources, database, data home
     folder: Optional[Path] = None
+    owner = accounts.owner_for(by)
     try:
         with session() as s:
             write_lock(s)  # two submits of the same name: one wins, one is told
+            s.info.update(actor=by, owner_id=owner)  # what the registries' new rows and name checks need
             model_ids = models.reserve_outputs(s, spec) + models.resolve_inputs(s, spec)
             dataset_ids = datasets.reserve_outputs(s, spec) + datasets.resolve_inputs(s, spec)
             export_ids = exports.reserve_outputs(s, spec)
             job = Job(
+                owner_id=owner,
                 kind=spec.kind,
                 title=spec.title(),
                 spec=spec.to_dict(),
@@ -108,9 +122,45 @@ def submit(spec: Any, *, start: bool = True) -> int:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    audit.record(by, "submit", f"job {job_id}", spec.title())
     if start:
         start_queued()
     return job_id
+
+
+def _check_limits(spec: Any, by: Actor) -> None:
+    """A member's queued jobs and running services, each up to its limit
+    (LLMDEV_MAX_QUEUED_PER_USER, LLMDEV_MAX_SERVICES_PER_USER); admins and the
+    machine's owner have none."""
+    if by.account_id is None or by.role == "admin":
+        return
+    with session() as s:
+        mine = s.execute(select(Job.kind, Job.status).where(Job.owner_id == by.account_id, Job.status.in_(ACTIVE))).all()
+    if spec.service:
+        from core.kinds import traits
+
+        services = sum(1 for kind, _ in mine if traits(kind).service)
+        if services >= config.max_services_per_user():
+            raise accounts.Denied(f"you have {services} services running (at most {config.max_services_per_user()} each: "
+                                  "LLMDEV_MAX_SERVICES_PER_USER): stop one first")
+        return
+    queued = sum(1 for _, status in mine if status == "queued")
+    if queued >= config.max_queued_per_user():
+        raise accounts.Denied(f"you have {queued} jobs waiting (at most {config.max_queued_per_user()} each: "
+                              "LLMDEV_MAX_QUEUED_PER_USER): wait for them to start, or cancel one")
+
+
+def _check_user_code(spec: Any, by: Actor) -> None:
+    """In a shared app (sign-in on), code a visitor names runs only where it can be
+    confined (core/access/sandbox.py)."""
+    if not by.in_app or by.account_id is None or not any(getattr(spec, f, None) for f in spec.user_code):
+        return
+    from core.access import sandbox
+
+    why = sandbox.isolation()
+    if why is not None:
+        raise accounts.Denied(f"this machine cannot confine user code ({why}), so the app does not run it: "
+                              "ask an admin to install bubblewrap, or run the job from a terminal")
 
 
 _lanes: dict[tuple, str] = {}
@@ -345,14 +395,24 @@ def stopped_status(kind: str) -> str:
     return "stopped" if traits(kind).service else "cancelled"
 
 
-def cancel(job_id: int, mode: str = "cancel") -> str:
-    """Ask a job to stop. A queued job ends at once; a running one gets SIGTERM
-    (a graceful stop; its worker kills it after the grace period) and SIGKILL on
-    a second cancel. mode="pause" asks a training job to write a checkpoint
-    first, so it can be resumed. Returns what happened, in words."""
+def cancel(job_id: int, mode: str = "cancel", by: Optional[Actor] = None) -> str:
+    """Ask a job to stop, for `by` (its owner or an admin; default: the machine's
+    owner). A queued job ends at once; a running one gets SIGTERM (a graceful stop;
+    its worker kills it after the grace period) and SIGKILL on a second cancel.
+    mode="pause" asks a training job to write a checkpoint first, so it can be
+    resumed. Returns what happened, in words."""
     if mode not in ("cancel", "pause"):
         raise ValueError(f"mode {mode!r}: use cancel or pause")
+    by = by or accounts.terminal()
     job = get(job_id)
+    accounts.require_change(by, job.owner_id, f"job {job_id}", mode)
+    said = _cancel(job, mode)
+    audit.record(by, mode, f"job {job_id}", said)
+    return said
+
+
+def _cancel(job: Job, mode: str) -> str:
+    job_id = job.id
     if mode == "pause":
         from core.kinds import traits
 
@@ -606,6 +666,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "host": job.host,
         "runner": job.runner,
         "runner_id": job.runner_id,
+        "owner": accounts.owner_of(job.owner_id),
         "progress": {
             "step": p.step,
             "total": p.total,

@@ -49,10 +49,16 @@ def active_jobs(s: Session) -> list[Job]:
 
 def reserve_name(s: Session, table: type, name: str, field_name: str, what: str, ids: str, folders: Callable[[int], list[Path]]) -> None:
     """Make way for a new row named `name`: a failed namesake that no active job
-    still uses gives its name up (row and files); a live one refuses it."""
+    still uses gives its name up (row and files), when whoever submits (`s.info`,
+    set by core.jobs.lifecycle.submit) may change it; a live one refuses it."""
+    from core.access import accounts
+
     for row in s.scalars(select(table).where(func.lower(table.name) == name.lower(), table.status == "error")):
         if any(row.id in (getattr(j, ids) or []) for j in active_jobs(s)):
             continue
+        by = s.info.get("actor")
+        if by is not None and not accounts.may_change(by, row.owner_id):
+            raise SpecError(field_name, f"a failed {what} named {name!r} belongs to {accounts.owner_name(row.owner_id)}: choose another name")
         s.add(Event(message=f"Failed {what} '{row.name}' replaced by a new attempt"))
         for folder in folders(row.id):
             shutil.rmtree(folder, ignore_errors=True)

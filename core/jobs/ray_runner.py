@@ -61,17 +61,27 @@ def address() -> str:
     return value.rstrip("/")
 
 
-def set_address(value: str) -> None:
-    """Keep the cluster's address in the database (the Jobs page's setting)."""
+def set_address(value: str, by) -> None:
+    """Keep the cluster's address in the database (the Jobs page's setting; an admin's)."""
+    from core.access import accounts, audit, outbound
     from storage.db import session
     from storage.tables import Setting
 
+    accounts.require(by, "admin", "changing the Ray cluster's address")
+    value = value.strip()
+    if value:
+        try:
+            outbound.check_url(value if "://" in value else "http://" + value, "the Ray address")
+        except outbound.Refused as exc:
+            raise RayUnavailable(str(exc)) from None
+    before = address()
     with session() as s:
         row = s.get(Setting, ADDRESS_SETTING)
         if row is None:
             s.add(Setting(key=ADDRESS_SETTING, value=value.strip()))
         else:
             row.value = value.strip()
+    audit.record(by, "set Ray address", "", f"{before or '(none)'} -> {value or '(none)'}")
 
 
 def start_timeout_s() -> float:
@@ -89,6 +99,12 @@ def client(where: Optional[str] = None):
     if where not in _clients:
         from ray.job_submission import JobSubmissionClient
 
+        from core.access import outbound
+
+        try:
+            outbound.check_url(where, "the Ray address")
+        except outbound.Refused as exc:
+            raise RayUnavailable(str(exc)) from None
         try:
             _get(where, "/api/version")  # answers within seconds, or not at all
             _clients[where] = JobSubmissionClient(where)

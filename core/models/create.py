@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from core.access import paths
 from core.jobs.run import BadInput, Run
 from core.models import registry as models
 from core.models.weights import describe
@@ -77,7 +78,7 @@ class CreateModelSpec(Spec):
     def _corpus_file(cls, value: str) -> str:
         if not value:
             return value
-        path = Path(value).expanduser()
+        path = paths.usable(value, "file")  # in the app: an upload or a file under an allowed root
         if not path.is_file():
             raise ValueError(f"{value} is not a file: give a UTF-8 text file")
         return str(path.resolve())  # the worker runs elsewhere: keep the path it can find

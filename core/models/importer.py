@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import field_validator
 
+from core.access import paths
 from core.jobs.run import BadInput, Run
 from core.models import registry as models
 from core.models.weights import convert_gguf, describe
@@ -53,6 +54,12 @@ class ImportModelSpec(Spec):
         value = (value or "").strip()
         if not value:
             raise ValueError("give a folder, a .gguf file or a Hub id")
+        if value.startswith((".", "/", "~")) or value.lower().endswith(".gguf"):
+            value = str(paths.usable(value, "file" if value.lower().endswith(".gguf") else "dir"))
+        elif paths.confined():  # an app visitor's word that is no path: a Hub id (nothing on disk is looked at)
+            if not HUB_ID.match(value):
+                raise ValueError(f"{value!r} is not a Hub id like 'gpt2' or 'owner/name'; a local path starts with / or ~")
+            return value
         kind = source_kind(value)
         path = Path(value).expanduser().resolve()
         if kind == "folder" and not (path / "config.json").is_file():

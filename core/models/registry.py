@@ -15,6 +15,8 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.access import accounts, audit
+from core.access.accounts import Actor
 from core.jobs import outputs
 from core.jobs.outputs import folder_size
 from core.spec import SpecError, check_model_name
@@ -42,7 +44,7 @@ def reserve_outputs(s: Session, spec: Any) -> list[int]:
     name = getattr(spec, spec.output_field)
     outputs.reserve_name(s, Model, name, spec.output_field, "model", "model_ids", lambda i: [model_dir(i), partial_dir(i)])
     source, origin = spec.model_source()
-    row = Model(name=name, source=source, origin=origin, status="creating", details={})
+    row = Model(name=name, source=source, origin=origin, status="creating", details={}, owner_id=s.info.get("owner_id"))
     s.add(row)
     s.flush()
     return [row.id]
@@ -156,6 +158,7 @@ def model_dict(row: Model, active: Optional[list[Job]] = None) -> dict[str, Any]
         "name": row.name,
         "status": display_status(row, active),
         "source": row.source,
+        "owner": accounts.owner_of(row.owner_id),
         "origin": row.origin,
         "architecture": row.architecture,
         "model_type": row.model_type,
@@ -203,21 +206,29 @@ def count() -> int:
 # --- changing -----------------------------------------------------------------
 
 
-def rename(model_id: int, new_name: str) -> Model:
+def rename(model_id: int, new_name: str, by: Optional[Actor] = None) -> Model:
+    """Rename a model, for `by` (its owner or an admin; default: the machine's owner)."""
     new_name = check_model_name(new_name)
+    by = by or accounts.terminal()
     with session() as s:
         row = s.get(Model, model_id)
         if row is None:
             raise ModelError(f"there is no model {model_id}")
+        accounts.require_change(by, row.owner_id, f"model {model_id} '{row.name}'", "rename")
         if outputs.name_taken(s, Model, new_name, exclude_id=model_id):
             raise SpecError("name", f"a model named {new_name!r} already exists: choose another name")
         old, row.name = row.name, new_name
         s.add(Event(message=f"Model '{old}' renamed to '{new_name}'", model_id=model_id))
+    audit.record(by, "rename", f"model {model_id} '{old}'", f"now '{new_name}'")
     return row
 
 
-def delete(model_id: int) -> None:
-    """Delete a model's row and files; refused while a job uses it."""
+def delete(model_id: int, by: Optional[Actor] = None) -> None:
+    """Delete a model's row and files, for `by` (its owner or an admin; default: the
+    machine's owner); refused while a job uses it."""
+    by = by or accounts.terminal()
+    row = get(model_id)
+    accounts.require_change(by, row.owner_id, f"model {model_id} '{row.name}'", "delete")
     using = active_jobs_using(model_id)
     if using:
         ids = ", ".join(str(j.id) for j in using)
@@ -235,3 +246,4 @@ def delete(model_id: int) -> None:
             s.add(Event(message=f"{len(children)} model(s) derived from '{name}' lost their parent link"))
     shutil.rmtree(model_dir(model_id), ignore_errors=True)
     shutil.rmtree(partial_dir(model_id), ignore_errors=True)
+    audit.record(by, "delete", f"model {model_id} '{name}'")

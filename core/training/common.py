@@ -524,12 +524,15 @@ def write_run_record(run: Run, spec: TrainSpec, trainer, base, data_row) -> None
     )
 
 
-def resume(job_id: int) -> int:
+def resume(job_id: int, by=None) -> int:
     """Start a new job that continues a paused, cancelled or failed training run
-    from its latest checkpoint (optimizer and scheduler state included)."""
+    from its latest checkpoint (optimizer and scheduler state included), for `by`
+    (the run's owner or an admin; default: the machine's owner)."""
+    from core.access import accounts
     from core.kinds import spec_from_dict, traits
 
     old = jobs.get(job_id)
+    accounts.require_change(by or accounts.terminal(), old.owner_id, f"job {job_id}", "resume")
     if not traits(old.kind).resumes:
         what = "training runs of other kinds" if traits(old.kind).trains else "training jobs"
         raise BadInput(f"job {job_id} is a {old.kind} job; only {what} resume")
@@ -537,4 +540,4 @@ def resume(job_id: int) -> int:
         raise BadInput(f"job {job_id} is {old.status}; only a paused, cancelled or failed run resumes")
     checkpoint_of(job_id)
     data = dict(old.spec, resume_from_job=job_id)
-    return jobs.submit(spec_from_dict(data))
+    return jobs.submit(spec_from_dict(data), by=by)

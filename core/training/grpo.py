@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from core.access import paths
 from core.data import registry as datasets
-from core.data.render import prompt_example
+from core.data.render import answer_example, prompt_example
 from core.jobs.run import BadInput, Run, store_samples
 from core.models import registry as models
 from core.spec import Ref, SpecError
@@ -59,6 +60,7 @@ class GRPOSpec(TrainSpec):
     input_models: ClassVar[tuple[str, ...]] = ("model", "reward_model")
     dataset_formats: ClassVar[tuple[str, ...]] = ("prompt",)
     reward_functions: ClassVar[bool] = True
+    user_code: ClassVar[tuple[str, ...]] = ("reward_file",)
     pair_format: ClassVar[dict[str, str]] = {"reward_weights": "NAME=WEIGHT, e.g. model=0.5"}
     logged: ClassVar[dict[str, str]] = LOGGED
     panels: ClassVar[list[tuple[str, tuple[str, ...]]]] = [
@@ -106,7 +108,9 @@ class GRPOSpec(TrainSpec):
     match: Literal["", "exact", "numeric"] = ""
     """Match reward against the data set's answer column: exact text, or the last number (empty: off)."""
     reward_file: str = ""
-    """A Python file defining reward(prompts, completions, **columns) -> list[float] (runs in the job only)."""
+    """A Python file defining reward(prompts, completions, **columns) -> list[float]; it runs confined (no
+    network, its own folder). prompts and completions arrive as chat messages when the policy has a chat
+    template (else as text), completion_ids as token ids, each column of the data set by its name."""
     reward_weights: dict[str, float] = {}
     """Weight of each reward by name (length, format, contains, avoids, match, file, model); 1 when not given."""
 
@@ -118,6 +122,18 @@ class GRPOSpec(TrainSpec):
         except re.error as exc:
             raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
         return value
+
+    @field_validator("reward_file")
+    @classmethod
+    def _code_file(cls, value: str) -> str:
+        if not value:
+            return value
+        path = paths.usable(value, "file")  # in the app: an upload or a file under an allowed root
+        if not path.is_file():
+            raise ValueError(f"{value}: no such file")
+        if path.suffix != ".py":
+            raise ValueError(f"{path.name}: give a Python file (.py) that defines reward(prompts, completions, **columns)")
+        return str(path.resolve())  # the worker runs elsewhere: keep the path it can find
 
     @model_validator(mode="after")
     def _rewards_and_groups(self) -> "GRPOSpec":
@@ -174,12 +190,8 @@ class GRPOSpec(TrainSpec):
         if self.match and data_row is not None and data_row.format == "prompt":
             if "answer" not in ((data_row.details or {}).get("mapping") or {}):
                 raise SpecError("match", f"'{data_row.name}' has no answer column to match against: import prompts with an answer")
-        if self.reward_file:
-            path = Path(self.reward_file).expanduser()
-            if not path.is_file():
-                raise SpecError("reward_file", f"{path}: no such file")
-            rows = list(datasets.load(data_row)["train"].select(range(rewards.TRY_ROWS))) if data_row is not None else [{"prompt": "2+2?"}]
-            tried = rewards.try_file(str(path), rows)
+        if self.reward_file and row is not None and data_row is not None:
+            tried = try_rewards(self, generate_answers=False)  # confined, on the data set's own answers
             if "error" in tried:
                 raise SpecError("reward_file", f"it fails on sample rows: {tried['error']}")
         super().check_inputs()
@@ -266,3 +278,96 @@ def model_card(spec: GRPOSpec, start, data_row, trainer, job_id: int, facts: dic
         f"{spec.max_completion_length} tokens at temperature {spec.temperature}, seed {spec.seed}\n"
         + reproduce(spec)
     )
+
+
+# --- "Try it on 3 rows": the user's reward file called exactly as a run calls it ----------------------
+
+
+def try_rewards(spec: GRPOSpec, generate_answers: bool = True, rows: int = rewards.TRY_ROWS) -> dict[str, Any]:
+    """The spec's reward file on the first `rows` prompts of its data set, called as
+    TRL calls it in a run (core/rewards.py says with what), confined: prompts laid
+    out for the policy, answers the policy writes itself (`generate_answers`; else
+    each row's answer column, or a stand-in text, which is what the check at submit
+    uses). {"rows": [{prompt, answer, score}], "types": {argument: how it arrives}}
+    or {"error": what failed, where}."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from core.access.sandbox import UserCodeError
+
+    start, data_row = models.find(spec.model), datasets.find(spec.dataset)
+    split = datasets.load(data_row)["train"]
+    sample = list(split.select(range(min(rows, len(split)))))
+    if generate_answers:
+        from core.inference import generate
+
+        model, tokenizer = generate.load(start)
+        texts = []
+        for i, row in enumerate(sample):
+            text = generate.prompt_text(tokenizer, [{"role": "user", "content": row["prompt"]}])
+            settings = generate.Settings(max_new_tokens=spec.max_completion_length, temperature=spec.temperature, seed=spec.seed + i)
+            texts.append("".join(generate.stream(model, tokenizer, text, settings)))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(data_home() / start.path)
+        texts = [str(row.get("answer") or "an example answer") for row in sample]
+    call = dict(
+        prompts=[prompt_example(row["prompt"], tokenizer) for row in sample],
+        completions=[answer_example(t, tokenizer) for t in texts],
+        completion_ids=[tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+        trainer_state=SimpleNamespace(global_step=0, max_steps=spec.max_steps, epoch=0.0),
+        **{k: [row.get(k) for row in sample] for k in sample[0] if k != "prompt"},
+    )
+    with tempfile.TemporaryDirectory(prefix="llmdev-try-") as folder:
+        try:
+            func = rewards.from_file(Path(spec.reward_file), Path(folder))
+            try:
+                scores = func(**call)
+            finally:
+                func.close()
+        except UserCodeError as exc:
+            name = Path(spec.reward_file).name
+            return {"error": f"{name}, line {exc.line}: {exc.what}" if exc.line else f"{name}: {exc.what}"}
+        except ValueError as exc:  # what it returned is not one reward per answer
+            return {"error": f"{Path(spec.reward_file).name}: {exc}"}
+    chat = bool(tokenizer.chat_template)
+    types = {
+        "prompts": "a list of chat messages [{role: user, content: str}] per prompt" if chat else "a str per prompt (the instruction layout)",
+        "completions": "a list of one chat message [{role: assistant, content: str}] per answer" if chat else "a str per answer",
+        "completion_ids": "a list of token ids (int) per answer",
+        "trainer_state": "global_step, max_steps, epoch",
+        **{k: f"{type(v[0]).__name__ if v and v[0] is not None else 'None'} per answer (the data set's {k!r} column)"
+           for k, v in call.items() if k not in ("prompts", "completions", "completion_ids", "trainer_state")},
+    }
+    return {"rows": [{"prompt": row["prompt"], "answer": t, "score": v} for row, t, v in zip(sample, texts, scores)], "types": types}
+
+
+def try_in_subprocess(spec: GRPOSpec, timeout_s: float = 600) -> dict[str, Any]:
+    """`try_rewards` with the policy's own answers, in a separate process (the app
+    loads no model for it)."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "core.training.grpo", "try"], input=json.dumps(spec.to_dict()),
+                              capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[2])
+    except subprocess.TimeoutExpired:
+        return {"error": f"writing and scoring the answers took more than {timeout_s:g} s"}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": (done.stderr or done.stdout or "no output").strip().splitlines()[-1][-500:]}
+
+
+if __name__ == "__main__":  # python -m core.training.grpo try < SPEC.json  (what try_in_subprocess runs)
+    import json
+    import sys
+
+    data = json.loads(sys.stdin.read())
+    data.pop("kind", None)
+    try:
+        print(json.dumps(try_rewards(GRPOSpec(**data)), default=str))
+    except (ValueError, LookupError) as exc:
+        print(json.dumps({"error": str(exc)}))
