@@ -7,7 +7,7 @@ import streamlit as st
 
 from core import charts
 from core.jobs import lifecycle as jobs
-from core.format import human_bytes
+from core.format import human_bytes, inert_markdown
 from ui import common
 
 common.setup_page("Dashboard", "dashboard")
@@ -27,7 +27,7 @@ with left:
     if not events:
         st.info("Nothing yet. Start on the **Models** page: add the starter model or create one from scratch.")
     for event in events:
-        st.markdown(f"`{event.created_at:%Y-%m-%d %H:%M:%S}` {event.message}")
+        st.markdown(f"`{event.created_at:%Y-%m-%d %H:%M:%S}` {inert_markdown(event.message)}")
 with right:
     st.subheader("This machine")
     info = common.machine_info()

@@ -55,3 +55,11 @@ def human_seconds(s: Optional[float]) -> str:
     if s < 3600:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def inert_markdown(text: Any) -> str:
+    """Text (a model's reply, an event, a sample) to render as Markdown that makes the
+    browser fetch nothing: image syntax ("![alt](url)", "![alt][ref]") is shown as
+    text, not loaded, so a reply cannot make the page call another host. (Streamlit
+    does not render raw HTML in Markdown; links load only when clicked.)"""
+    return str(text).replace("![", "!\\[")

@@ -6,7 +6,7 @@ from core.models import registry as models
 from core.models.create import SIZE_PRESETS, CreateModelSpec
 from core.models.importer import HUB_SUGGESTIONS, ImportModelSpec
 from core.models.starter import AddStarterSpec
-from ui import common, forms
+from ui import access, common, forms
 
 common.setup_page("Models", "neurology")
 st.title("Models")
@@ -39,19 +39,20 @@ with create:
             dims = forms.dims_inputs(CreateModelSpec)
             corpus = forms.field(CreateModelSpec, "corpus", "Tokenizer corpus (UTF-8 text file)", key="create_corpus", placeholder="assets/corpus.txt")
             seed = forms.field(CreateModelSpec, "seed", "Seed", key="create_seed")
-        if st.form_submit_button("Create model", type="primary"):
+        if st.form_submit_button("Create model", type="primary", disabled=not access.can_run()):
             forms.submit(lambda: CreateModelSpec(name=name, arch=arch, size=size, corpus=corpus, seed=seed, **dims))
 
 with imports:
     st.markdown("**Starter model**: SmolLM2-135M-Instruct, shipped with the app; converted once, no network needed.")
-    if st.button("Add starter model", key="add_starter", type="primary"):
+    if st.button("Add starter model", key="add_starter", type="primary", disabled=not access.can_run()):
         forms.submit(lambda: AddStarterSpec())
     st.divider()
     with st.form("import_model"):
         where = st.radio("From", ["Local folder or .gguf file", "Hugging Face Hub"], horizontal=True, key="import_from")
-        path = st.text_input("Local path", key="import_path", placeholder="/path/to/hf-folder or model.gguf")
+        path = st.text_input("Local path", key="import_path", placeholder="/path/to/hf-folder or model.gguf",
+                             help=common.PATHS_HELP)
         hub = st.selectbox("Hub id (needs the network)", HUB_SUGGESTIONS, key="import_hub", accept_new_options=True)
         import_name = st.text_input("Name", key="import_name")
-        if st.form_submit_button("Import"):
+        if st.form_submit_button("Import", disabled=not access.can_run()):
             source = path if where.startswith("Local") else hub
             forms.submit(lambda: ImportModelSpec(source=source or "", name=import_name))

@@ -9,7 +9,7 @@ import streamlit as st
 from core.data import files
 from core.data import registry as datasets
 from core.data.importer import ImportDatasetSpec
-from ui import common, data, forms
+from ui import access, common, data, forms
 
 common.setup_page("Datasets", "dataset")
 st.title("Data sets")
@@ -25,14 +25,15 @@ with add:
         sample = st.selectbox("Sample", list(files.SAMPLE_FILES), key="data_sample")
         path = files.SAMPLES / sample
     elif source == "Upload":
-        upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "ndjson", "json", "csv", "parquet"], key="data_upload")
+        upload = st.file_uploader("JSONL, JSON, CSV or Parquet", type=["jsonl", "ndjson", "json", "csv", "parquet"], key="data_upload",
+                                  disabled=not access.can_run())
         if upload is not None:
             if st.session_state.get("upload_id") != upload.file_id:
                 st.session_state.upload_id, st.session_state.upload_path = upload.file_id, str(data.save_upload(upload))
             path = Path(st.session_state.upload_path)
     else:
-        typed = st.text_input("File path", key="data_path", placeholder="/path/to/data.jsonl")
-        path = Path(typed).expanduser() if typed else None
+        typed = st.text_input("File path", key="data_path", placeholder="/path/to/data.jsonl", help=common.PATHS_HELP)
+        path = common.server_path(typed, "file") if typed else None
 
     if path is not None:
         fmt = st.selectbox("Format", ["detect", *files.FORMATS], key="data_format")
@@ -55,7 +56,7 @@ with add:
             low, high = ImportDatasetSpec.bounds("validation_fraction")
             val = st.slider("Validation share", float(low), float(high), ImportDatasetSpec.default("validation_fraction"), 0.05, key="data_val",
                             help=ImportDatasetSpec.doc("validation_fraction"))
-            if st.form_submit_button("Import", type="primary"):
+            if st.form_submit_button("Import", type="primary", disabled=not access.can_run()):
                 forms.submit(lambda: ImportDatasetSpec(path=str(path), name=name, format=norm.format, drop_bad_rows=drop, validation_fraction=val))
 
 with yours:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.jobs import lifecycle as jobs
 from core.kinds import traits
-from ui import common, forms, training
+from ui import access, common, forms, training
 
 common.setup_page("Training", "model_training")
 st.title("Fine-tuning")
@@ -22,7 +22,7 @@ live_run = False
 if not runs.open:
     with new:
         spec = training.spec_form()
-        if spec is not None and st.button("Start training", type="primary", key="train_start"):
+        if spec is not None and st.button("Start training", type="primary", key="train_start", disabled=not access.can_run()):
             forms.submit(lambda: spec, on_started=training.show_run)
 else:
     with runs:

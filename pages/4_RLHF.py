@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.jobs import lifecycle as jobs
-from ui import common, forms, rlhf, training
+from ui import access, common, forms, rlhf, training
 
 common.setup_page("RLHF", "model_training")
 st.title("Alignment (RLHF)")
@@ -20,7 +20,7 @@ live_run = False
 if new.open:
     with new:
         spec = rlhf.spec_form()
-        if spec is not None and st.button("Start", type="primary", key="rlhf_start"):
+        if spec is not None and st.button("Start", type="primary", key="rlhf_start", disabled=not access.can_run()):
             forms.submit(lambda: spec, on_started=training.show_run)
 elif runs.open:
     with runs:

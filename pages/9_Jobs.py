@@ -10,6 +10,7 @@ st.title("Jobs")
 st.caption("Jobs run in their own processes: closing this tab or restarting the app does not stop them.")
 common.live_jobs_panel()
 common.ray_cluster_settings()
+common.allowed_folders()
 
 status = st.segmented_control(
     "Show", ["all", *jobs.ACTIVE, *jobs.TERMINAL], default="all", key="jobs_filter"
@@ -17,6 +18,7 @@ status = st.segmented_control(
 rows = jobs.list_jobs(status=None if status in (None, "all") else status)
 if not rows:
     st.info("No jobs yet.")
+    common.audit_trail()
     st.stop()
 by_id = {j.id: j for j in rows}
 chosen = st.selectbox("Job", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="job_pick")
@@ -38,3 +40,4 @@ def details() -> None:
 
 
 details()
+common.audit_trail()

@@ -70,6 +70,24 @@ def home(tmp_path, monkeypatch, request):
     db.dispose_engines()
 
 
+@pytest.fixture(autouse=True)
+def _not_serving_visitors():
+    """A page test holds paths to the app's rules in this process (core/access/paths.py
+    serve_visitors): every test starts and ends as the machine's owner."""
+    from core.access import paths
+
+    paths.serve_visitors(False)
+    yield
+    paths.serve_visitors(False)
+
+
+def add_account(name: str, role: str, password: str = "password-1234"):
+    """An account made as the CLI makes it (the first one must be an admin)."""
+    from core.access import accounts
+
+    return accounts.add(name, password, role, accounts.terminal())
+
+
 @pytest.fixture(scope="session")
 def _templates(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("templates")

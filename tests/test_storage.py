@@ -6,7 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from sqlalchemy import func, inspect, select, text
+import pytest
+from sqlalchemy import create_engine, func, inspect, select, text
 
 from conftest import ROOT
 from storage import db
@@ -110,3 +111,49 @@ def test_ids_are_never_reused(home, backend):
         s.add(Model(name="b", source="scratch", status="available", details={}))
     with db.session() as s:
         assert s.scalars(select(Model.id)).one() > first_id
+
+
+def test_an_existing_database_upgrades_to_accounts_and_its_first_admin_owns_everything(home, backend):
+    """Today's schema (0005) with models, data sets, jobs, metrics and events, upgraded:
+    nothing lost, and every object belongs to the first admin once one is made."""
+    from alembic import command
+    from alembic.config import Config
+
+    from conftest import add_account
+
+    url = db.database_url()
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        now = "2026-12-01 10:00:00"
+        conn.execute(text("INSERT INTO models (name, source, status, details, created_at) VALUES "
+                          f"('m1', 'scratch', 'available', '{{}}', '{now}'), ('m2', 'trained', 'available', '{{}}', '{now}')"))
+        conn.execute(text("INSERT INTO datasets (name, format, status, details, created_at) VALUES "
+                          f"('d1', 'text', 'available', '{{}}', '{now}')"))
+        for i in (1, 2, 3):
+            conn.execute(text("INSERT INTO jobs (kind, status, title, spec, model_ids, dataset_ids, progress_step, "
+                              "progress_message, result, runner, created_at) VALUES "
+                              f"('sft', 'succeeded', 'job {i}', '{{}}', '[1]', '[1]', 5, 'done', '{{}}', 'local', '{now}')"))
+        for step in range(1, 51):
+            conn.execute(text(f"INSERT INTO metrics (job_id, step, name, value, created_at) VALUES (1, {step}, 'loss', {1 / step}, '{now}')"))
+        conn.execute(text(f"INSERT INTO events (message, created_at) VALUES ('before the upgrade', '{now}')"))
+    tables = ("models", "datasets", "jobs", "metrics", "events")
+    with engine.connect() as conn:
+        before = {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in tables}
+    engine.dispose()
+    assert before == {"models": 2, "datasets": 1, "jobs": 3, "metrics": 50, "events": 1}
+
+    upgraded = db.get_engine()  # what the app does on its first start after the update
+    with upgraded.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+        assert {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in tables} == before
+        assert conn.execute(text("SELECT SUM(value) FROM metrics")).scalar() == pytest.approx(sum(1 / s for s in range(1, 51)))
+    root = add_account("root", "admin")
+    with upgraded.connect() as conn:
+        for table in ("models", "datasets", "jobs"):
+            owners = conn.execute(text(f"SELECT DISTINCT owner_id FROM {table}")).scalars().all()
+            assert owners == [root.id], table
+        assert {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar() for t in tables} == before

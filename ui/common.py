@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts, config, system
+from core.access import accounts, audit, masking, paths
 from core.data import registry as datasets
 from core.jobs import lifecycle as jobs
 from core.jobs import ray_runner
@@ -22,7 +23,7 @@ from core.models import starter
 from core.format import human_bytes, human_count, human_seconds
 from core.kinds import traits
 from storage.db import database_url, get_engine
-from ui import forms, live
+from ui import access, forms, live
 
 STATUS_ICONS = {
     "queued": ":material/schedule:",
@@ -72,8 +73,9 @@ def setup_page(title: str, icon: str = "neurology") -> None:
     try:
         _engine(database_url())
     except Exception as exc:
-        st.error(f"Cannot open the database at `{database_url()}`: {exc}")
+        st.error(masking.mask(f"Cannot open the database at `{database_url()}`: {exc}"))
         st.stop()
+    access.gate()  # sign-in, once an account exists: nothing below is drawn for a visitor without a session
     st.session_state["_control_labels"] = {}  # this page's controls (ui.forms.page_words)
     runner_choice()
     jobs.refresh()  # lost workers and finished queues show correctly from the first paint
@@ -103,25 +105,42 @@ def runner_choice() -> None:
                                 "0: the job runs on CPUs and sees no GPU of its node.")
 
 
+PATHS_HELP = ("A path on the machine the app runs on. Once sign-in is on, only files under the allowed folders "
+              "(the Jobs page's \"Allowed folders\") and uploads can be used.")
+
+
+def server_path(typed: str, want: str = "file") -> Optional[Path]:
+    """A path a visitor typed, if this app may read it (core/access/paths.py): else
+    the one refusal message (the same for a missing file) and the page stops here."""
+    try:
+        return paths.usable(typed.strip(), want)
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
 def ray_cluster_settings() -> None:
-    """The Jobs page's "Ray cluster": where jobs with runner ray go, and whether it can take them."""
+    """The Jobs page's "Ray cluster": where jobs with runner ray go, and whether it
+    can take them (an admin sets it)."""
     import os
 
     where = ray_runner.address()
     with st.expander(f"Ray cluster: {where}" if where else "Ray cluster: none set", expanded=False):
         fixed = bool(os.environ.get(ray_runner.ADDRESS_ENV))
+        admin = access.can_admin()
         st.caption(f"Set by {ray_runner.ADDRESS_ENV}." if fixed else
                    "The dashboard address of a Ray cluster (e.g. http://127.0.0.1:8265): jobs can then run there "
                    "(the sidebar's \"Run new jobs on\"). Its nodes need this data home at the same path and, unless the "
                    "cluster is this machine, a PostgreSQL database (DATABASE_URL).")
-        typed = st.text_input("Address", value=where, key="ray_address", disabled=fixed)
-        if st.button("Save and check", key="ray_check"):
-            if not fixed:
-                ray_runner.set_address(typed)
+        typed = st.text_input("Address", value=where, key="ray_address", disabled=fixed or not admin,
+                              help=None if admin else "An admin sets the cluster's address.")
+        if st.button("Save and check", key="ray_check", disabled=not admin):
             try:
+                if not fixed:
+                    ray_runner.set_address(typed, by=access.actor())
                 found = ray_runner.cluster(ray_runner.address())
-            except ray_runner.RayUnavailable as exc:
-                st.error(str(exc))
+            except (ray_runner.RayUnavailable, ValueError) as exc:
+                st.error(masking.one_line(str(exc), 600))
             else:
                 st.success(f"{len(found.hosts)} node(s) ({', '.join(found.hosts)}): {found.cpus:g} CPUs, "
                            f"{found.gpus:g} GPUs; a probe job saw this data home"
@@ -185,6 +204,7 @@ def live_figure(job_id: int, key: str, build: Callable[[dict], Any], every_s: fl
 
 def jobs_frame(rows) -> pd.DataFrame:
     data = []
+    names = accounts.owner_names()
     for job in rows:
         p = jobs.progress(job)
         data.append(
@@ -192,6 +212,7 @@ def jobs_frame(rows) -> pd.DataFrame:
                 "id": job.id,
                 "status": job.status,
                 "job": job.title,
+                "owner": names.get(job.owner_id, ""),
                 "runs on": f"Ray {job.runner_id or ''}".strip() if job.runner == "ray" else "here",
                 "progress": p.fraction if p.fraction is not None else 0.0,
                 "elapsed": human_seconds(p.elapsed_s),
@@ -244,7 +265,9 @@ def job_details(job) -> None:
     _, figure = live_figure(job.id, f"metrics_{job.id}", build, every_s=10.0)
     if figure is not None:
         st.plotly_chart(figure, key=f"metrics_{job.id}")
-    if job.status in jobs.ACTIVE:
+    if job.owner_id is not None or accounts.sign_in_on():
+        st.caption(f"Owner: **{accounts.owner_of(job.owner_id) or 'nobody yet'}**")
+    if job.status in jobs.ACTIVE and access.may_change(job.owner_id):
         again = job.cancel_requested_at is not None
         st.button(
             "Kill now" if again else "Cancel job",
@@ -273,7 +296,10 @@ def job_details(job) -> None:
 
 
 def _cancel(job_id: int) -> None:
-    st.session_state["cancel_result"] = f"Job {job_id}: {jobs.cancel(job_id)}"
+    try:
+        st.session_state["cancel_result"] = f"Job {job_id}: {jobs.cancel(job_id, by=access.actor())}"
+    except ValueError as exc:  # no longer allowed (signed out since the page was drawn)
+        st.session_state["cancel_result"] = f"Job {job_id} not cancelled: {exc}"
 
 
 def model_frame(rows: list[dict]) -> pd.DataFrame:
@@ -282,6 +308,7 @@ def model_frame(rows: list[dict]) -> pd.DataFrame:
             {
                 "id": r["id"],
                 "name": r["name"],
+                "owner": r["owner"] or "",
                 "status": r["status"],
                 "source": r["source"],
                 "architecture": r["architecture"] or "-",
@@ -314,3 +341,41 @@ def model_choice(rows: list[dict], key: str) -> Optional[dict]:
         "Model", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['name']}", key=key
     )
     return by_id.get(chosen)
+
+
+def audit_trail() -> None:
+    """The Jobs page's audit trail: every entry for an admin, one's own for others."""
+    with st.expander("Audit trail: who did what", expanded=False):
+        try:
+            me = access.actor()
+        except accounts.Denied:
+            return
+        rows = audit.entries(200, None if me.role == "admin" else me.name)
+        if not rows:
+            st.caption("Nothing recorded yet.")
+            return
+        st.dataframe(pd.DataFrame([
+            {"at": r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else "", "user": r.actor, "action": r.action,
+             "target": r.target, "ok": "yes" if r.ok else "refused", "detail": r.detail} for r in rows
+        ]), hide_index=True, width="stretch", key="audit_table")
+        st.caption(("Every entry (newest first)." if me.role == "admin" else "Your own entries (an admin sees everyone's).")
+                   + " From a terminal: python -m core audit")
+
+
+def allowed_folders() -> None:
+    """The Jobs page's "Allowed folders": where app visitors may name files (an admin sets them)."""
+    import os
+
+    fixed = os.environ.get(paths.ENV, "").strip()
+    extra = paths.extra_roots()
+    with st.expander(f"Allowed folders: {len(extra)} beyond uploads and samples", expanded=False):
+        st.caption("Files that forms may name on this machine (data sets, model folders, corpora, reward files, lm-eval "
+                   f"tasks), besides uploads ({paths.uploads()}) and the shipped samples ({paths.ASSETS}). "
+                   + (f"Set by {paths.ENV}." if fixed else "One absolute folder per line; an admin saves them."))
+        typed = st.text_area("Folders", "\n".join(extra), key="allowed_folders", disabled=bool(fixed) or not access.can_admin())
+        if not fixed and access.can_admin() and st.button("Save folders", key="allowed_save"):
+            try:
+                paths.save_setting(typed.splitlines(), access.actor())
+                st.toast("Allowed folders saved")
+            except ValueError as exc:
+                st.error(str(exc))

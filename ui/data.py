@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core import charts
+from core.access import paths
 from core.data import files
 from core.data.render import SFT_FORMATS, render_segments
 from core.format import human_count
@@ -19,11 +20,13 @@ from core.models import registry as models
 from storage.db import data_home
 
 
-def save_upload(upload) -> Path:
-    """Keep an uploaded file under the data home (the import job reads it from there)."""
-    folder = data_home() / "uploads"
+def save_upload(upload, kind: str = "") -> Path:
+    """Keep an uploaded file under the data home's uploads/ (a job reads it from there;
+    the app may: core/access/paths.py), in `kind`'s folder ("code": reward files)."""
+    folder = paths.uploads() / kind if kind else paths.uploads()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{uuid.uuid4().hex[:8]}-{Path(upload.name).name}"
+    name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in Path(upload.name).name)[-100:]  # no markup, no ../
+    path = folder / f"{uuid.uuid4().hex[:8]}-{name}"
     path.write_bytes(upload.getvalue())
     return path
 

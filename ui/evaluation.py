@@ -22,8 +22,9 @@ from core.evaluation.reward import EvalRewardSpec
 from core.jobs import lifecycle as jobs
 from core.kinds import traits
 from core.models import registry as models
+from core.format import inert_markdown
 from core.spec import SpecError
-from ui import forms
+from ui import access, forms
 
 SPECS = {
     "perplexity": EvalPerplexitySpec, "generation": EvalGenerationSpec, "judge": EvalJudgeSpec, "reward": EvalRewardSpec,
@@ -270,7 +271,7 @@ def samples_panel() -> None:
             st.caption("These two evaluations share no prompts.")
         for pair in pairs[:50]:
             with st.container(border=True):
-                st.markdown(f"**#{pair['idx']}** {pair['prompt'][:500]}")
+                st.markdown(f"**#{pair['idx']}** {inert_markdown(pair['prompt'][:500])}")
                 if pair["reference"]:
                     st.caption(f"Reference: {pair['reference'][:500]}")
                 a, b = st.columns(2)
@@ -282,7 +283,7 @@ def samples_panel() -> None:
     if failures:
         with st.expander(f"Judge parse failures and errors ({len(failures)})"):
             for r in failures:
-                st.markdown(f"**#{r['idx']}** {r['extra'].get('parse_error') or r['extra'].get('judge_error')}")
+                st.markdown(f"**#{r['idx']}** {inert_markdown(r['extra'].get('parse_error') or r['extra'].get('judge_error'))}")
                 st.text(r["extra"].get("judge_reply", "")[:1000])
 
 
@@ -321,9 +322,9 @@ def rubrics_panel() -> None:
         c = st.columns(2)
         low = int(c[0].number_input("Lowest grade", 0, 100, current.scale_min if current else 1, key=f"rub_min_{pick}"))
         high = int(c[1].number_input("Highest grade", 1, 100, current.scale_max if current else 5, key=f"rub_max_{pick}"))
-        if st.form_submit_button("Save rubric", type="primary"):
+        if st.form_submit_button("Save rubric", type="primary", disabled=not access.can_run()):
             try:
-                judge.save_rubric(name, text, low, high)
+                judge.save_rubric(name, text, low, high, by=access.actor())
                 st.success(f"Rubric '{name.strip()}' saved. New judge evaluations use it; finished ones keep theirs.")
             except ValueError as exc:
                 st.error(str(exc))

@@ -14,10 +14,10 @@ from core.export import registry as exports
 from core.export.merge import MergeAdapterSpec
 from core.export.onnx import SUPPORTED, ExportOnnxSpec
 from core.export.triton_repo import ExportTritonSpec
-from core.format import human_bytes
+from core.format import human_bytes, inert_markdown
 from core.models import registry as models
 from core.spec import Spec, SpecError
-from ui import forms
+from ui import access, forms
 
 FORMATS = {
     "onnx": "ONNX (with KV cache)",
@@ -206,7 +206,7 @@ def details(r: dict[str, Any]) -> None:
     readme = exports.export_dir(r["id"]) / "README.md"
     if readme.exists():
         with st.expander("README (in the folder)"):
-            st.markdown(readme.read_text())
+            st.markdown(inert_markdown(readme.read_text()))
     left, right = st.columns(2)
     left.download_button(
         f"Download {r['name']}.tar ({human_bytes(r['size_bytes'])})", data=lambda: _archive(r["id"]), file_name=f"{r['name']}.tar",
@@ -214,9 +214,11 @@ def details(r: dict[str, Any]) -> None:
     )
     with right:
         sure = st.checkbox(f"Delete '{r['name']}' and its files", key=f"export_delete_sure_{r['id']}")
-        if st.button("Delete export", key=f"export_delete_{r['id']}", disabled=not sure):
+        if not access.may_change(r.get("owner_id")):
+            st.caption(f"This export belongs to {r.get('owner') or 'nobody yet'}: only its owner or an admin may delete it.")
+        elif st.button("Delete export", key=f"export_delete_{r['id']}", disabled=not sure):
             try:
-                exports.delete(r["id"])
+                exports.delete(r["id"], by=access.actor())
                 st.toast(f"Deleted export '{r['name']}'")
                 st.rerun()
             except exports.ExportError as exc:

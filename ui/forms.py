@@ -15,6 +15,9 @@ from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.data import files
 from core.spec import Spec, SpecError
+from ui import access
+
+VIEWER = "A viewer reads everything here; starting jobs needs the member role (ask an admin)."
 
 _SPEC_DEFAULT = object()
 
@@ -91,7 +94,7 @@ def submit(make_spec: Callable[[], Any], on_started: Callable[[int], None] | Non
     button where it is easy to miss; `on_started(job_id)` lets the page follow."""
     try:
         spec = with_runner(make_spec())
-        job_id = jobs.submit(spec)
+        job_id = jobs.submit(spec, by=access.actor())
     except (SpecError, ValueError) as exc:
         _refused(f"Not started: {page_words(str(exc))}")
     except SQLAlchemyError as exc:
@@ -128,7 +131,7 @@ def start(spec: Spec, label: str, key: str, on_started: Callable[[int], None] | 
         pass  # the button says why
     with st.expander("The same from a terminal", expanded=False):
         st.code(spec.replay() + ("" if spec.service else " --wait"), language="bash")
-    if st.button(label, type="primary", key=key):
+    if st.button(label, type="primary", key=key, disabled=not access.can_run(), help=None if access.can_run() else VIEWER):
         submit(lambda: spec, on_started=on_started)
 
 
@@ -189,6 +192,8 @@ def model_details(m: dict) -> None:
     cols[2].metric("Context", m["context_length"] or "-")
     cols[3].metric("On disk", human_bytes(m["size_bytes"]))
     cols[4].metric("Dtype", m["dtype"] or "-")
+    if m.get("owner"):
+        st.caption(f"Owner: **{m['owner']}**")
     if m["error"]:
         st.error(m["error"])
     details = m["details"] or {}
@@ -205,16 +210,20 @@ def model_details(m: dict) -> None:
 
 
 def rename_and_delete(m: dict, what: str = "model") -> None:
-    """Rename and delete (with a confirmation box) a model or a data set."""
+    """Rename and delete (with a confirmation box) a model or a data set: for its
+    owner or an admin (others are told whose it is)."""
     registry = models if what == "model" else datasets
     errors = (SpecError, models.ModelError, files.DatasetError)
     key = f"{what.replace(' ', '_')}_{m['id']}"
+    if not access.may_change(m.get("owner_id")):
+        st.caption(f"This {what} belongs to {m.get('owner') or 'nobody yet'}: only its owner or an admin may rename or delete it.")
+        return
     left, right = st.columns(2)
     with left.form(f"rename_{key}"):
         new_name = st.text_input("New name", value=m["name"], key=f"rename_name_{key}")
         if st.form_submit_button("Rename"):
             try:
-                registry.rename(m["id"], new_name)
+                registry.rename(m["id"], new_name, by=access.actor())
                 st.rerun()
             except errors as exc:
                 st.error(str(exc))
@@ -223,7 +232,7 @@ def rename_and_delete(m: dict, what: str = "model") -> None:
         sure = st.checkbox(f"Delete '{m['name']}' and its files{size}", key=f"delete_sure_{key}")
         if st.button(f"Delete {what}", key=f"delete_{key}", disabled=not sure, type="secondary"):
             try:
-                registry.delete(m["id"])
+                registry.delete(m["id"], by=access.actor())
                 st.toast(f"Deleted '{m['name']}'")
                 st.rerun()
             except errors as exc:

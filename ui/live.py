@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from core.access import accounts, masking
 from core.jobs import lifecycle as jobs
+from ui import access
 
 POLL_S = 1.0
 """How often an open page asks the server."""
@@ -125,7 +127,12 @@ def follow(job_id: Optional[int] = None, refresh_s: float = 10.0) -> None:
 def _live(request: Request) -> JSONResponse:
     """GET /api/live[?job=ID]: {"state": ...}, the hash `follow` compares with.
     Like a live panel's rerun did, each call notices lost workers and starts
-    queued jobs."""
+    queued jobs. Once sign-in is on, only for a signed-in visitor (its cookie)."""
+    try:
+        if accounts.sign_in_on() and access.request_actor(request) is None:
+            return JSONResponse({"error": "sign in first"}, status_code=401, headers={"Cache-Control": "no-store"})
+    except Exception as exc:  # the database is away: the page falls back to reruns (and signs in again)
+        return JSONResponse({"error": masking.one_line(f"{type(exc).__name__}: {exc}")}, status_code=503)
     raw = request.query_params.get("job")
     if raw is not None and not raw.isdigit():
         return JSONResponse({"error": f"job must be a job id (a number), not {raw!r}"}, status_code=400)
@@ -135,9 +142,9 @@ def _live(request: Request) -> JSONResponse:
     except jobs.JobNotFound as exc:
         body, code = {"error": str(exc)}, 404
     except Exception as exc:  # the database is away: the page falls back to reruns
-        body, code = {"error": f"{type(exc).__name__}: {exc}"}, 503
+        body, code = {"error": masking.one_line(f"{type(exc).__name__}: {exc}")}, 503
     return JSONResponse(body, status_code=code, headers={"Cache-Control": "no-store"})
 
 
-ROUTES = [Route("/api/live", _live, methods=["GET"])]
-"""The app's own HTTP routes, served beside the pages (app.py)."""
+ROUTES = [Route("/api/live", _live, methods=["GET"]), *access.ROUTES]
+"""The app's own HTTP routes, served beside the pages (app.py): 401 without a session once sign-in is on."""

@@ -21,11 +21,12 @@ from typing import Any, Iterator, Optional
 import streamlit as st
 
 from core import threads
-from core.format import human_bytes, human_seconds
+from core.format import human_bytes, human_seconds, inert_markdown
 from core.inference import generate
 from core.inference.cache import GiB, ModelCache, default_budget
 from core.models import registry as models
 from storage.db import data_home, database_url
+from ui import access
 
 CURSOR = " ▌"
 UPDATE_S = 0.08
@@ -68,7 +69,7 @@ def loaded_models_panel(cache: ModelCache) -> None:
                 f"**{e['name']}**  \n{human_bytes(e['mb'] * 2**20)} · {e['device']} · used {human_seconds(now - e['last_used'])} ago"
             )
             st.button("Unload", key=f"unload_{e['model_id']}", on_click=cache.unload, args=(e["model_id"],),
-                      type="tertiary", icon=":material/eject:")
+                      type="tertiary", icon=":material/eject:", disabled=not access.can_run())
             if e["over_budget"]:
                 st.warning("Bigger than the budget: loaded alone.", icon=":material/memory:")
 
@@ -200,7 +201,7 @@ def stream_replies(cache: ModelCache, replies: list[Reply]) -> None:
                 now = time.monotonic()
                 if now - shown[i] >= UPDATE_S:
                     shown[i] = now
-                    r.slot.markdown(r.msg["content"] + CURSOR)
+                    r.slot.markdown(inert_markdown(r.msg["content"]) + CURSOR)
     st.rerun()
 
 
@@ -234,7 +235,7 @@ def stats_line(msg: dict) -> str:
 
 def show_reply(msg: dict) -> None:
     """An assistant reply as it stands, with its stats line (or error)."""
-    st.markdown(msg["content"] or "_(empty reply)_")
+    st.markdown(inert_markdown(msg["content"]) or "_(empty reply)_")
     if msg.get("error"):
         st.error(f"Generation failed: {msg['error']}")
     elif line := stats_line(msg):
@@ -300,15 +301,15 @@ def chat_tab(choices) -> list[Reply]:
             if msg["role"] == "assistant":
                 show_reply(msg)
             else:
-                st.markdown(msg["content"])
-    prompt = st.chat_input(f"Message {row.name}", key="chat_prompt", submit_mode="stop", disabled=picked is None)
+                st.markdown(inert_markdown(msg["content"]))
+    prompt = st.chat_input(f"Message {row.name}", key="chat_prompt", submit_mode="stop", disabled=picked is None or not access.can_run())
     pending = []
     if prompt and picked is not None:
         system, settings = picked
         turns = [(u["content"], a["content"]) for u, a in zip(history[::2], history[1::2])]
         msg = _new_reply(row, system, settings)
         history += [{"role": "user", "content": prompt}, msg]
-        box.chat_message("user").markdown(prompt)
+        box.chat_message("user").markdown(inert_markdown(prompt))
         with box.chat_message("assistant"):
             pending.append(Reply(row, _messages(system, turns, prompt), raw, settings, msg, st.empty()))
     b1, b2, _ = st.columns([1, 1, 4])
@@ -334,19 +335,19 @@ def side_by_side_tab(choices) -> list[Reply]:
     picked = settings_inputs("sbs")
     box = st.container()
     for turn in history:
-        box.chat_message("user").markdown(turn["prompt"])
+        box.chat_message("user").markdown(inert_markdown(turn["prompt"]))
         for col, msg in zip(box.columns(2), turn["replies"]):
             with col.chat_message("assistant"):
                 st.markdown(f"**{msg['model']}**")
                 show_reply(msg)
-    prompt = st.chat_input("Send to both models", key="sbs_prompt", submit_mode="stop", disabled=picked is None)
+    prompt = st.chat_input("Send to both models", key="sbs_prompt", submit_mode="stop", disabled=picked is None or not access.can_run())
     pending = []
     if prompt and picked is not None:
         system, settings = picked
         msgs = [_new_reply(row, system, settings) for row in (a, b)]
         turns = [[(t["prompt"], t["replies"][i]["content"]) for t in history] for i in (0, 1)]
         history.append({"prompt": prompt, "replies": msgs})
-        box.chat_message("user").markdown(prompt)
+        box.chat_message("user").markdown(inert_markdown(prompt))
         for i, (col, row, msg) in enumerate(zip(box.columns(2), (a, b), msgs)):
             with col.chat_message("assistant"):
                 st.markdown(f"**{msg['model']}**")

@@ -3,6 +3,7 @@ kind (its fields from the spec), the rollouts of a run, the score box."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
@@ -15,7 +16,7 @@ from core.models import registry as models
 from core.kinds import KINDS, spec_class, traits
 from core.spec import Spec, SpecError
 from core.training.grpo import GRPOSpec
-from ui import forms
+from ui import access, common, data, forms
 
 SPECS: dict[str, type[Spec]] = {kind: spec_class(kind) for kind in KINDS if traits(kind).aligns}
 LABELS = {kind: cls.aligns for kind, cls in SPECS.items()}
@@ -129,10 +130,21 @@ def _grpo_rewards(f, rewarders: list[str], dataset: str) -> dict[str, Any]:
         "contains": _words(c[0].text_input("Contains keywords (comma-separated)", key="rl_grpo_contains", help=GRPOSpec.doc("contains"))),
         "avoids": _words(c[1].text_input("Avoids keywords (comma-separated)", key="rl_grpo_avoids", help=GRPOSpec.doc("avoids"))),
         "match": f("match", "Match the answer column", c[2], format_func=lambda m: m or "(off)"),
-        "reward_file": c[0].text_input("Your reward file (a .py path on this machine)", key="rl_grpo_reward_file", help=GRPOSpec.doc("reward_file")),
+        "reward_file": c[0].text_input("Your reward file (a .py path on this machine)", key="rl_grpo_reward_file",
+                                       help=GRPOSpec.doc("reward_file") + " " + common.PATHS_HELP),
     }
-    if values["reward_file"] and c[1].button("Try it on 3 rows", key="rlhf_try_file"):
-        _try_file(values["reward_file"], dataset)
+    uploaded = c[1].file_uploader("…or upload it", type=["py"], key="rl_grpo_reward_upload", disabled=not access.can_run(),
+                                  help="Kept in the data home (uploads/code), where the app may read it.")
+    if uploaded is not None:
+        if st.session_state.get("_reward_upload_id") != uploaded.file_id:
+            st.session_state["_reward_upload_id"] = uploaded.file_id
+            st.session_state["_reward_upload_path"] = str(data.save_upload(uploaded, "code"))
+        values["reward_file"] = st.session_state["_reward_upload_path"]
+        c[1].caption(f"Using the upload: `{Path(values['reward_file']).name}`")
+    if values["reward_file"] and c[2].button("Try it on 3 rows", key="rlhf_try_file", disabled=not access.can_run(),
+                                             help="The policy answers 3 prompts of the data set; your file scores them, "
+                                                  "called exactly as in a run (confined, as in a run)."):
+        _try_file(values, dataset)
     c = st.columns(3)
     values["num_generations"] = f("num_generations", "Answers per prompt", c[0])
     values["max_completion_length"] = f("max_completion_length", "Max answer tokens", c[1])
@@ -150,19 +162,26 @@ def _grpo_rewards(f, rewarders: list[str], dataset: str) -> dict[str, Any]:
     return values
 
 
-def _try_file(path: str, dataset: str) -> None:
-    """Run the user's file on 3 rows of the data set, in a subprocess (never in the app)."""
-    from core import rewards
+def _try_file(values: dict[str, Any], dataset: str) -> None:
+    """The policy answers 3 prompts of the data set and the user's file scores them,
+    called as in a run (core/training/grpo.py try_rewards), in a separate process."""
+    from core.training import grpo
 
-    rows = list(datasets.load(datasets.find(dataset))["train"].select(range(rewards.TRY_ROWS)))
-    with st.spinner("Running your reward file on 3 rows (in a separate process)…"):
-        out = rewards.try_file(path, rows)
+    try:
+        spec = GRPOSpec(**{**{k: v for k, v in values.items() if k in GRPOSpec.model_fields}, "reward_model": "",
+                           "target_length": 0, "format_regex": "", "contains": [], "avoids": [], "match": "",
+                           "reward_weights": {}, "output_name": values.get("output_name") or "try"})
+    except (SpecError, ValueError) as exc:
+        st.error(forms.page_words(str(exc)))
+        return
+    with st.spinner("The policy answers 3 prompts, your file scores them (confined, as in a run)…"):
+        out = grpo.try_in_subprocess(spec)
     if "error" in out:
         st.error(f"Your reward file fails: {out['error']}")
-    else:
-        st.dataframe(pd.DataFrame({"prompt": [r["prompt"] for r in rows], "completion": [r.get("answer") or "an example answer" for r in rows],
-                                   "score": out["scores"]}), hide_index=True)
-        st.caption("Each row's answer column (or an example text) stands in for a completion.")
+        return
+    st.dataframe(pd.DataFrame(out["rows"]), hide_index=True)
+    st.caption("The answers are the policy's own (its sampling settings), as a run's first step would see them. "
+               "Your function gets: " + "; ".join(f"**{k}**: {v}" for k, v in out["types"].items()))
 
 
 def rollouts(job) -> None:
@@ -210,10 +229,10 @@ def before_after(job) -> None:
     n = c[1].number_input("Prompts", min_value=1, max_value=200, value=8, key=f"rl_ba_n_{job.id}")
     which = dict(reward_model_id=judge.get("id"), rewards_from=judge.get("rewards_from", 0))
     running = reward_eval.before_after_jobs(job, **which, status=tuple(jobs.ACTIVE))
-    if c[2].button("Answer them with both and score", key=f"rlhf_ba_{job.id}", disabled=running is not None):
+    if c[2].button("Answer them with both and score", key=f"rlhf_ba_{job.id}", disabled=running is not None or not access.can_run()):
         try:
             specs = reward_eval.before_after_specs(job, int(n), judge.get("reward_model", ""), judge.get("rewards_from", 0))
-            ids = [jobs.submit(spec) for spec in specs]
+            ids = [jobs.submit(spec, by=access.actor()) for spec in specs]
             st.toast(f"Scoring both policies: jobs {ids[0]} and {ids[1]}")
         except (SpecError, ValueError) as exc:
             st.error(forms.page_words(str(exc)))
@@ -253,7 +272,7 @@ def score_box() -> None:
     name = st.selectbox("Reward model", list(by_name), key="rl_score_model")
     prompt = st.text_area("Prompt", key="rl_score_prompt", height=80)
     response = st.text_area("Answer", key="rl_score_response", height=120)
-    if st.button("Score", key="rlhf_score", disabled=not (prompt and response)):
+    if st.button("Score", key="rlhf_score", disabled=not (prompt and response) or not access.can_run()):
         row = by_name[name]
         with st.spinner(f"Loading '{name}'…"):
             model, tokenizer = _reward_model(row.id, row.path)

@@ -17,7 +17,7 @@ from core.serving import service, triton_deploy
 from core.serving.service import ServeSpec
 from core.serving.triton_deploy import DeployTritonSpec
 from core.spec import SpecError
-from ui import forms
+from ui import access, forms
 
 FORM = "srv_"
 """The server form's widget keys start with this (kept while the tab is closed)."""
@@ -92,8 +92,11 @@ def server_card(job) -> None:
     endpoint = (job.result or {}).get("endpoint")
     top = st.columns([5, 1])
     top[0].markdown(f"**#{job.id} {job.title}**")
-    if top[1].button("Stop", key=f"serve_stop_{job.id}", icon=":material/stop_circle:"):
-        st.toast(f"Job {job.id}: {jobs.cancel(job.id)}")
+    if access.may_change(job.owner_id) and top[1].button("Stop", key=f"serve_stop_{job.id}", icon=":material/stop_circle:"):
+        try:
+            st.toast(f"Job {job.id}: {jobs.cancel(job.id, by=access.actor())}")
+        except ValueError as exc:
+            st.toast(f"Not stopped: {exc}")
         st.rerun()
     if not endpoint:
         st.caption(jobs.progress(job).message)
@@ -159,7 +162,7 @@ def test_box(job_id: int, endpoint: dict[str, Any], ready: bool) -> None:
     max_tokens = c[1].number_input("Max tokens", 1, 4096, 64, key=f"srv_test_tokens_{job_id}")
     prompt = st.text_area("Message", "Hello! Who are you?", key=f"srv_test_prompt_{job_id}", height=80)
     reply = _sent(f"srv_test_reply_{job_id}", f"serve_test_send_{job_id}",
-                  lambda: service.send_test_request(found, model, prompt, int(max_tokens)), disabled=not ready,
+                  lambda: service.send_test_request(found, model, prompt, int(max_tokens)), disabled=not ready or not access.can_run(),
                   help=None if ready else "the models are still loading")
     if reply:
         st.markdown("**Reply**")

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import streamlit as st
 
 from core import charts
+from core.access import accounts
 from core.data import registry as datasets
 from core.export.merge import MergeAdapterSpec
 from core.format import human_seconds
@@ -15,7 +16,7 @@ from core.models import registry as models
 from core.kinds import traits
 from core.spec import SpecError
 from core.training.sft import PRESETS, SFTSpec
-from ui import common, forms, live
+from ui import access, common, forms, live
 
 PRESET_LABELS = {"quick": "Quick try (CPU, minutes)", "standard": "Standard"}
 
@@ -190,7 +191,9 @@ def controls(job) -> None:
     c = st.columns(2)
     from core.training.common import has_checkpoint
 
-    if job.status in jobs.ACTIVE and job.cancel_requested_at is None:
+    if not access.may_change(job.owner_id):
+        c[0].caption(f"A run of {accounts.owner_of(job.owner_id) or 'nobody yet'}: only its owner or an admin may stop or resume it.")
+    elif job.status in jobs.ACTIVE and job.cancel_requested_at is None:
         if traits(job.kind).resumes:
             c[0].button("Pause (checkpoint)", key=f"pause_{job.id}", on_click=_stop, args=(job.id, "pause"))
         c[1].button("Cancel (no checkpoint)", key=f"stop_{job.id}", on_click=_stop, args=(job.id, "cancel"))
@@ -203,21 +206,24 @@ def controls(job) -> None:
     if job.status == "succeeded" and out_id:
         out = models.get(out_id) if out_id in {m.id for m in models.list_models()} else None
         if out is not None and out.source == "adapter":
-            if c[1].button("Merge the adapter into a full model", key=f"merge_{job.id}"):
+            if c[1].button("Merge the adapter into a full model", key=f"merge_{job.id}", disabled=not access.can_run()):
                 forms.submit(lambda: MergeAdapterSpec(model=str(out.id), output_name=f"{out.name}-merged"[:100]))
     if st.session_state.get("train_action"):
         st.toast(st.session_state.pop("train_action"))
 
 
 def _stop(job_id: int, mode: str) -> None:
-    st.session_state["train_action"] = f"Job {job_id}: {jobs.cancel(job_id, mode=mode)}"
+    try:
+        st.session_state["train_action"] = f"Job {job_id}: {jobs.cancel(job_id, mode=mode, by=access.actor())}"
+    except ValueError as exc:  # no longer allowed (signed out, the role changed)
+        st.session_state["train_action"] = f"Not stopped: {exc}"
 
 
 def _resume(job_id: int) -> None:
     from core.training.common import resume
 
     try:
-        new_id = resume(job_id)
+        new_id = resume(job_id, by=access.actor())
         st.session_state["train_action"] = f"Resuming job {job_id} as job {new_id}"
         show_run(new_id)
     except (SpecError, ValueError) as exc:

@@ -35,7 +35,7 @@ from typing import Any, Optional
 from sqlalchemy import delete, func, select, update
 
 from core.access import audit
-from storage.db import clock, session
+from storage.db import clock, database_url, session
 from storage.tables import Account, Dataset, Export, Job, Model, SignInFailure, SignInSession
 
 ROLES = ("viewer", "member", "admin")
@@ -130,20 +130,21 @@ def first_admin_id() -> Optional[int]:
         return s.scalar(select(Account.id).where(Account.role == "admin", Account.disabled.is_(False)).order_by(Account.id).limit(1))
 
 
-_names: dict[int, str] = {}
+_names: dict[tuple[str, int], str] = {}  # (database, account id) -> name: names never change
 
 
 def owner_name(owner_id: Optional[int]) -> str:
     """An owner's account name, for pages and tables."""
     if owner_id is None:
         return "nobody (made before the first account)"
-    if owner_id not in _names:
+    key = (database_url(), owner_id)
+    if key not in _names:
         with session() as s:
             name = s.scalar(select(Account.name).where(Account.id == owner_id))
         if name is None:
             return f"account {owner_id} (deleted)"
-        _names[owner_id] = name
-    return _names[owner_id]
+        _names[key] = name
+    return _names[key]
 
 
 def owner_of(owner_id: Optional[int]) -> Optional[str]:
@@ -155,7 +156,8 @@ def owner_names() -> dict[int, str]:
     """Every account's name by id (one query for a table of objects)."""
     with session() as s:
         found = dict(s.execute(select(Account.id, Account.name)).all())
-    _names.update(found)
+    url = database_url()
+    _names.update({(url, i): n for i, n in found.items()})
     return found
 
 
@@ -302,7 +304,7 @@ def remove(name: str, by: Actor, give_to: str = "") -> str:
             s.execute(update(table).where(table.owner_id == row.id).values(owner_id=heir.id))
         s.execute(delete(SignInSession).where(SignInSession.account_id == row.id))
         s.execute(delete(Account).where(Account.id == row.id))
-    _names.pop(row.id, None)
+    _names.pop((database_url(), row.id), None)
     _forget_sessions()
     audit.record(by, "delete account", row.name, f"what it owned now belongs to {heir.name}")
     return heir.name
@@ -377,7 +379,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-_checked: dict[str, tuple[float, Optional[Actor]]] = {}
+_checked: dict[tuple[str, str], tuple[float, Optional[Actor]]] = {}  # (database, token digest) -> (when, who)
 _checked_lock = threading.Lock()
 
 
@@ -392,8 +394,9 @@ def actor_for(token: Optional[str]) -> Optional[Actor]:
     if not token or len(token) > 200:
         return None
     digest = _digest(token)
+    key = (database_url(), digest)
     with _checked_lock:
-        hit = _checked.get(digest)
+        hit = _checked.get(key)
     if hit is not None and time.monotonic() - hit[0] < CACHE_S:
         return hit[1]
     found: Optional[Actor] = None
@@ -415,7 +418,7 @@ def actor_for(token: Optional[str]) -> Optional[Actor]:
     with _checked_lock:
         if len(_checked) > 10_000:
             _checked.clear()
-        _checked[digest] = (time.monotonic(), found)
+        _checked[key] = (time.monotonic(), found)
     return found
 
 

@@ -120,6 +120,7 @@ def dataset_dict(row: Dataset) -> dict[str, Any]:
         "status": row.status,
         "origin": row.origin,
         "owner": accounts.owner_of(row.owner_id),
+        "owner_id": row.owner_id,
         "num_rows": row.num_rows,
         "fingerprint": row.fingerprint,
         "path": str(data_home() / row.path) if row.path else None,

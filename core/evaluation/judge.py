@@ -99,9 +99,14 @@ def get_rubric(name: str) -> RubricText:
     raise ValueError(f"rubric: there is no rubric {name!r} (stored: {', '.join(r.name for r in rubrics())})")
 
 
-def save_rubric(name: str, text: str, scale_min: int = 1, scale_max: int = 5) -> None:
-    """Create or replace a rubric. Jobs keep the text they used, so editing one
-    never changes a finished evaluation."""
+def save_rubric(name: str, text: str, scale_min: int = 1, scale_max: int = 5, by=None) -> None:
+    """Create or replace a rubric, for `by` (a member or more; default: the machine's
+    owner). Jobs keep the text they used, so editing one never changes a finished
+    evaluation."""
+    from core.access import accounts, audit
+
+    by = by or accounts.terminal()
+    accounts.require(by, "member", "saving a rubric")
     name = (name or "").strip()
     if not name:
         raise ValueError("name: give the rubric a name")
@@ -113,6 +118,7 @@ def save_rubric(name: str, text: str, scale_min: int = 1, scale_max: int = 5) ->
             s.add(Rubric(name=name, text=text, scale_min=scale_min, scale_max=scale_max))
         else:
             row.text, row.scale_min, row.scale_max, row.updated_at = text, scale_min, scale_max, utcnow()
+    audit.record(by, "save rubric", name, f"scale {scale_min}-{scale_max}")
 
 
 def delete_rubric(name: str) -> None:

@@ -123,6 +123,7 @@ def export_dict(row: Export) -> dict[str, Any]:
         "status": row.status,
         "model_id": row.model_id,
         "owner": accounts.owner_of(row.owner_id),
+        "owner_id": row.owner_id,
         "model": model.name if model is not None else (row.details or {}).get("model"),
         "path": str(data_home() / row.path) if row.path else None,
         "size_bytes": row.size_bytes,

@@ -667,6 +667,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "runner": job.runner,
         "runner_id": job.runner_id,
         "owner": accounts.owner_of(job.owner_id),
+        "owner_id": job.owner_id,
         "progress": {
             "step": p.step,
             "total": p.total,

@@ -159,6 +159,7 @@ def model_dict(row: Model, active: Optional[list[Job]] = None) -> dict[str, Any]
         "status": display_status(row, active),
         "source": row.source,
         "owner": accounts.owner_of(row.owner_id),
+        "owner_id": row.owner_id,
         "origin": row.origin,
         "architecture": row.architecture,
         "model_type": row.model_type,
@@ -190,7 +191,8 @@ def lineage(row: Model) -> list[str]:
     while current is not None and current.id not in seen:
         seen.add(current.id)
         made = f" by job {current.job_id}" if current.job_id else ""
-        chain.append(f"{current.name} ({current.source}: {current.origin or '-'}){made}")
+        whose = f", {accounts.owner_name(current.owner_id)}'s" if current.owner_id is not None else ""
+        chain.append(f"{current.name} ({current.source}: {current.origin or '-'}{whose}){made}")
         # an adapter that trained on from another adapter: that one, then its base
         started = ((current.details or {}).get("started_from") or {}).get("id")
         previous = started if started and get_or_none(started) is not None else current.parent_id
