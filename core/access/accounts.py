@@ -391,7 +391,7 @@ def _forget_sessions() -> None:
 def actor_for(token: Optional[str]) -> Optional[Actor]:
     """The app visitor a session token stands for, or None (no token, unknown,
     expired, signed out, or the account disabled)."""
-    if not token or len(token) > 200:
+    if not isinstance(token, str) or not token or len(token) > 200:
         return None
     digest = _digest(token)
     key = (database_url(), digest)
