@@ -156,8 +156,22 @@ def _threads_used(env: dict):
     return " -> ".join(str(n) for n in [start] + [c["to"] for c in (env.get("threads") or {}).get("changes", [])])
 
 
-def watch_training(page, port: int):
+BENCH_ACCOUNT = ("bench", "bench-password-1")
+
+
+def sign_in(page, port: int) -> None:
+    """With sign-in on (--sign-in): the account's session, as a visitor gets it."""
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.locator(".st-key-sign_in_name input").fill(BENCH_ACCOUNT[0])
+    page.locator(".st-key-sign_in_password input").fill(BENCH_ACCOUNT[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text(f"Signed in as {BENCH_ACCOUNT[0]}").first.wait_for(timeout=60_000)
+
+
+def watch_training(page, port: int, signed_in: bool = False):
     def watch(job_id: int):
+        if signed_in:
+            sign_in(page, port)
         page.goto(f"http://127.0.0.1:{port}/Training")
         page.get_by_role("tab", name="Runs").click()
         page.get_by_test_id("stMetric").filter(has_text="Step").first.wait_for(timeout=60_000)
@@ -256,8 +270,13 @@ def main() -> None:
     ap.add_argument("--one-thread", action="store_true", help="also the no-app run with threads=1 in the spec")
     ap.add_argument("--quick", action="store_true", help="only no app and the page open; print, record nothing")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the no-app and page-open runs this many times")
+    ap.add_argument("--sign-in", action="store_true", help="sign-in on: an account, the pages opened signed in")
     args = ap.parse_args()
     starter_home("llmdev-bench-app-")
+    if args.sign_in:
+        from core.access import accounts
+
+        accounts.add(*BENCH_ACCOUNT, "admin", accounts.terminal())
     from playwright.sync_api import sync_playwright
 
     default_threads = default_torch_threads()
@@ -281,7 +300,7 @@ def main() -> None:
                                    if "chrom" in c.name() and "chrom" not in c.parent().name())
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 rounds["Training page open"].append(
-                    sft_job(args.steps, f"bench-page-{r}", watch_training(page, port), app, browser_pid))
+                    sft_job(args.steps, f"bench-page-{r}", watch_training(page, port, args.sign_in), app, browser_pid))
                 print(json.dumps(rounds), flush=True)
                 if not args.quick and r == args.rounds - 1:
                     alone = stream_alone(args.reps, args.tokens)
@@ -299,7 +318,7 @@ def main() -> None:
 
     base = sft["no app"]["tokens_per_s"]
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    label = f" · {args.label}" if args.label else ""
+    label = (f" · {args.label}" if args.label else "") + (" · sign-in on" if args.sign_in else "")
     lines = [
         f"\n### {when}{label} · {platform.node()} · {os.cpu_count()} cores · {args.steps} LoRA steps on the starter; "
         f"Playground: {args.tokens} new tokens, {args.reps} replies (median)\n",

@@ -39,8 +39,6 @@ from typing import Any, Callable, Optional
 from core.jobs.run import BadInput
 
 TRY_ROWS = 3
-USER_CODE = "user_code"
-"""The folder of a run where its user code runs (and may write)."""
 
 
 def text_of(completion: Any) -> str:
@@ -179,7 +177,9 @@ def build(spec: Any, folder: Path, reward_model_row=None) -> tuple[list, list[fl
             shutil.copyfile(path, copy)  # the code this run used, next to it (out of the user code's reach)
             facts["reward_file"] = {"path": str(path), "sha256": file_hash(copy), "copy": str(copy)}
             print(f"reward file {path} (sha256 {facts['reward_file']['sha256']})", flush=True)
-            funcs.append(from_file(copy, folder / USER_CODE))
+            from core.access import sandbox
+
+            funcs.append(from_file(copy, folder / sandbox.FOLDER))
         elif name == "model":
             from core.inference import reward as scoring
 

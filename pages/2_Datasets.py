@@ -64,7 +64,7 @@ with yours:
     if not rows:
         st.info("No data sets yet: import one of the samples from the **Import** tab.")
     else:
-        table = pd.DataFrame([{k: r[k] for k in ("id", "name", "status", "format", "num_rows", "fingerprint")} for r in rows])
+        table = pd.DataFrame([{k: r[k] or "" for k in ("id", "name", "owner", "status", "format", "num_rows", "fingerprint")} for r in rows])
         st.dataframe(table, hide_index=True, width="stretch", key="datasets_table")
         by_id = {r["id"]: r for r in rows}
         chosen = by_id[st.selectbox("Data set", list(by_id), format_func=lambda i: f"#{i} {by_id[i]['name']}", key="dataset_pick")]

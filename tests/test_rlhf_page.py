@@ -99,12 +99,24 @@ def test_grpo_rewards_on_the_form_and_rollouts_by_step(page, tmp_path):
     page.text_input(key="rl_grpo_reward_file").input(str(broken)).run()
     page.button(key="rlhf_try_file").click().run()
     assert any("broken.py, line 2: ZeroDivisionError" in e.value for e in page.error)
+    # "Try it" calls the file as a run does: the policy's own answers, in the run's types
     good = tmp_path / "good.py"
-    good.write_text("def reward(prompts, completions, answer=None, **kw):\n    return [1.0 if a and a in c else 0.0 for c, a in zip(completions, answer)]\n")
+    good.write_text(
+        "def reward(prompts, completions, completion_ids, trainer_state, answer=None, **kw):\n"
+        "    def kind(x):\n"
+        "        return 1.0 if isinstance(x, list) and x[-1]['role'] in ('user', 'assistant') else 2.0 if isinstance(x, str) else 0.0\n"
+        "    ok = all(isinstance(i, int) for ids in completion_ids for i in ids) and trainer_state.global_step == 0\n"
+        "    return [kind(c) + kind(p) * 10 + (100.0 if ok and a is not None else 0.0) for p, c, a in zip(prompts, completions, answer)]\n"
+    )
     page.text_input(key="rl_grpo_reward_file").input(str(good)).run()
     page.button(key="rlhf_try_file").click().run()
     ok(page)
-    assert page.dataframe and list(page.dataframe[0].value["score"]) == [1.0, 1.0, 1.0]  # the answer stands in for a completion
+    from core.models import registry as models
+
+    chat = bool(models.find("base").has_chat_template)  # conversational prompts and answers, else text
+    assert page.dataframe and list(page.dataframe[0].value["score"]) == [111.0 if chat else 122.0] * 3
+    assert list(page.dataframe[0].value.columns) == ["prompt", "answer", "score"]
+    assert any("completion_ids" in c.value and "'answer' column" in c.value for c in page.caption)
     page.text_input(key="rl_grpo_contains").input("1, 2").run()
     yaml = next(c.value for c in page.code if c.value.startswith("kind: grpo"))
     assert "contains:\n- '1'\n- '2'" in yaml and "reward_file:" in yaml

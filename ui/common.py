@@ -252,7 +252,7 @@ def job_details(job) -> None:
         st.caption(f"Runs on the Ray cluster as Ray job `{job.runner_id or 'not submitted yet'}`{node} · "
                    f"[Ray dashboard]({ray_runner.dashboard_url(job)})")
     if job.status == "failed":
-        st.error(f"**{job.error_class}**: {forms.page_words(job.error or '')}")
+        st.error(f"**{job.error_class}**: {masking.mask(forms.page_words(job.error or ''))}")
     elif job.status in jobs.STOPPED:
         st.warning(job.error or job.status)
     st.caption("Replay from a terminal, or run its spec file:")
@@ -287,10 +287,10 @@ def job_details(job) -> None:
         if job.runner == "ray" and job.runner_id and (job.status not in jobs.ACTIVE or not tail):
             ray_log = ray_runner.logs(job)
         if ray_log is not None:
-            st.code("\n".join(ray_log.splitlines()[-80:]) or "(empty)", language="text")
+            st.code(masking.mask("\n".join(ray_log.splitlines()[-80:])) or "(empty)", language="text")
             st.caption(f"The Ray job's log ({job.runner_id}); also in {jobs.log_path(job.id)}")
         else:
-            st.code(tail or "(empty)", language="text")
+            st.code(masking.mask(tail) or "(empty)", language="text")
             st.caption(str(jobs.log_path(job.id)) + (f" (the Ray job {job.runner_id}'s log as its node writes it)"
                                                      if job.runner == "ray" else ""))
 

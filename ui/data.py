@@ -31,6 +31,36 @@ def save_upload(upload, kind: str = "") -> Path:
     return path
 
 
+MAX_FOLDER_BYTES = 256 * 2**20
+MAX_FOLDER_FILES = 5000
+
+
+def save_folder_zip(upload, kind: str) -> Path:
+    """An uploaded .zip unpacked into a folder of its own under uploads/`kind` (an lm-eval
+    task folder): at most 5000 files and 256 MB unpacked; names are kept inside the
+    folder (zipfile drops '..' and leading '/'), links arrive as plain files. ValueError
+    saying what is wrong, and nothing kept, otherwise."""
+    import io
+    import shutil
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(upload.getvalue()))
+    except zipfile.BadZipFile:
+        raise ValueError(f"{upload.name} is not a .zip archive") from None
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) > MAX_FOLDER_FILES or sum(m.file_size for m in members) > MAX_FOLDER_BYTES:
+        raise ValueError(f"{upload.name} holds more than {MAX_FOLDER_FILES} files or {MAX_FOLDER_BYTES // 2**20} MB unpacked")
+    folder = paths.uploads() / kind / uuid.uuid4().hex[:8]
+    folder.mkdir(parents=True)
+    try:
+        archive.extractall(folder)
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ValueError(f"{upload.name} could not be unpacked: {exc}") from None
+    return folder
+
+
 @st.cache_data(ttl=60, show_spinner="Checking every row...")
 def check_file(path: str, mtime: float, fmt: Optional[str], mapping_json: str):
     """read + normalize, cached per file version and choice (pure, no side effects)."""

@@ -24,7 +24,7 @@ from core.kinds import traits
 from core.models import registry as models
 from core.format import inert_markdown
 from core.spec import SpecError
-from ui import access, forms
+from ui import access, common, data, forms
 
 SPECS = {
     "perplexity": EvalPerplexitySpec, "generation": EvalGenerationSpec, "judge": EvalJudgeSpec, "reward": EvalRewardSpec,
@@ -133,7 +133,19 @@ def _lm_eval_form(model: str, column) -> Optional[EvalLmEvalSpec]:
     tasks = column.multiselect("Tasks (shipped locally)", local, default=local[:1], key="eval_tasks")
     c = st.columns(3)
     task_dir = c[0].text_input("Your own task folder (optional)", key="eval_task_dir",
-                               help="lm-eval task YAML files whose data files are local")
+                               help="lm-eval task YAML files whose data files are local. It runs confined (no network, "
+                                    "its own folder), with the model. " + common.PATHS_HELP)
+    packed = c[0].file_uploader("…or upload it as a .zip", type=["zip"], key="eval_task_zip", disabled=not access.can_run())
+    if packed is not None:
+        if st.session_state.get("_task_zip_id") != packed.file_id:
+            try:
+                st.session_state["_task_zip_path"] = str(data.save_folder_zip(packed, "tasks"))
+                st.session_state["_task_zip_id"] = packed.file_id
+            except ValueError as exc:
+                st.error(str(exc))
+                return None
+        task_dir = st.session_state["_task_zip_path"]
+        c[0].caption(f"Using the uploaded folder ({', '.join(lm_eval.local_tasks([task_dir])) or 'no task found in it'})")
     extra = c[1].text_input("More task names (comma-separated)", key="eval_task_extra")
     limit = forms.field(EvalLmEvalSpec, "limit", "Documents per task (0 = all)", key="eval_limit", where=c[2])
     tasks = tasks + [t.strip() for t in extra.split(",") if t.strip()]

@@ -124,6 +124,7 @@ def exports_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         {
             "id": r["id"],
             "name": r["name"],
+            "owner": r["owner"] or "",
             "format": r["format"],
             "status": r["status"],
             "model": r["model"] or "-",

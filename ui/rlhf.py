@@ -105,8 +105,11 @@ def spec_form() -> Optional[Spec]:
     try:
         spec = cls(**values)
     except SpecError as exc:
+        st.session_state.pop("_try_reward_file", None)
         st.error(forms.page_words(str(exc)))
         return None
+    if st.session_state.pop("_try_reward_file", False):
+        _try_file(spec)
     with st.expander("Copy to reproduce: the command, or the spec file", expanded=False):
         st.code(spec.replay() + " --wait", language="bash")
         st.caption("Or save this as `run.yaml` and run `python -m core run run.yaml --wait`:")
@@ -144,7 +147,7 @@ def _grpo_rewards(f, rewarders: list[str], dataset: str) -> dict[str, Any]:
     if values["reward_file"] and c[2].button("Try it on 3 rows", key="rlhf_try_file", disabled=not access.can_run(),
                                              help="The policy answers 3 prompts of the data set; your file scores them, "
                                                   "called exactly as in a run (confined, as in a run)."):
-        _try_file(values, dataset)
+        st.session_state["_try_reward_file"] = True  # tried below, on the whole form's spec
     c = st.columns(3)
     values["num_generations"] = f("num_generations", "Answers per prompt", c[0])
     values["max_completion_length"] = f("max_completion_length", "Max answer tokens", c[1])
@@ -162,18 +165,11 @@ def _grpo_rewards(f, rewarders: list[str], dataset: str) -> dict[str, Any]:
     return values
 
 
-def _try_file(values: dict[str, Any], dataset: str) -> None:
+def _try_file(spec: GRPOSpec) -> None:
     """The policy answers 3 prompts of the data set and the user's file scores them,
     called as in a run (core/training/grpo.py try_rewards), in a separate process."""
     from core.training import grpo
 
-    try:
-        spec = GRPOSpec(**{**{k: v for k, v in values.items() if k in GRPOSpec.model_fields}, "reward_model": "",
-                           "target_length": 0, "format_regex": "", "contains": [], "avoids": [], "match": "",
-                           "reward_weights": {}, "output_name": values.get("output_name") or "try"})
-    except (SpecError, ValueError) as exc:
-        st.error(forms.page_words(str(exc)))
-        return
     with st.spinner("The policy answers 3 prompts, your file scores them (confined, as in a run)…"):
         out = grpo.try_in_subprocess(spec)
     if "error" in out:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 import streamlit as st
 
+from core.access import accounts
 from core.export import registry as exports
 from core.jobs import lifecycle as jobs
 from core.kinds import traits
@@ -91,7 +92,8 @@ def _servers_panel(was_starting: bool) -> None:
 def server_card(job) -> None:
     endpoint = (job.result or {}).get("endpoint")
     top = st.columns([5, 1])
-    top[0].markdown(f"**#{job.id} {job.title}**")
+    owner = accounts.owner_of(job.owner_id)
+    top[0].markdown(f"**#{job.id} {job.title}**" + (f" · {owner}'s" if owner else ""))
     if access.may_change(job.owner_id) and top[1].button("Stop", key=f"serve_stop_{job.id}", icon=":material/stop_circle:"):
         try:
             st.toast(f"Job {job.id}: {jobs.cancel(job.id, by=access.actor())}")

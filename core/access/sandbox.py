@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
+FOLDER = "user_code"
+"""The folder of a run where its user code runs (and may write): runs/<id>/user_code."""
 SYSTEM = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
 
 

@@ -407,26 +407,20 @@ def run_eval_lm_eval(spec: EvalLmEvalSpec, run: Run) -> dict[str, Any]:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     row = models.get(run.model_ids[0])
     run.progress(0, None, f"loading '{row.name}'", force=True)
-    model, tokenizer = generate.load(row)
-    run.check_cancel()
 
     def progress(done: int, total: int, message: str = "") -> None:
         run.progress(done, total, message or f"request {done} of {total}")
 
-    try:
-        out = run_tasks(
-            model,
-            tokenizer,
-            spec.tasks,
-            include_paths=[spec.task_dir] if spec.task_dir else [],
-            limit=spec.limit or None,
-            batch_size=spec.batch_size,
-            seed=spec.seed,
-            progress=progress,
-            check_cancel=run.check_cancel,
-        )
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
+    if spec.task_dir:  # a folder of the user's: its YAML and its functions run confined, the model with them
+        out = run_confined(spec, run, row, progress)
+    else:
+        model, tokenizer = generate.load(row)
+        run.check_cancel()
+        try:
+            out = run_tasks(model, tokenizer, spec.tasks, limit=spec.limit or None, batch_size=spec.batch_size,
+                            seed=spec.seed, progress=progress, check_cancel=run.check_cancel)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     store_samples(run.job_id, None, [{**s, "extra": {"task": s.get("task")}} for s in out["samples"]])
     step = (row.details or {}).get("steps")
     if step is not None:
@@ -444,3 +438,95 @@ def run_eval_lm_eval(spec: EvalLmEvalSpec, run: Run) -> dict[str, Any]:
         "versions": out.get("versions", {}),
         "by_step": [],
     })
+
+
+# --- a task folder of the user's, confined -------------------------------------------------------------
+
+
+def run_confined(spec: EvalLmEvalSpec, run: Run, row, progress: Progress) -> dict[str, Any]:
+    """`run_tasks` in a confined process (core/access/sandbox.py): a task folder is the
+    user's code (its `!function`s run for every document; its data files could name any
+    file), so the harness runs where it sees only a copy of that folder, the shipped
+    tasks, the model's folders (read-only), and no network, environment or database."""
+    import json
+    import queue
+    import shutil
+    import threading
+
+    import torch
+
+    from core.access import sandbox
+    from core.inference import generate as gen
+
+    folder = run.dir / sandbox.FOLDER
+    tasks_copy = folder / "tasks"
+    shutil.rmtree(tasks_copy, ignore_errors=True)
+    shutil.copytree(spec.task_dir, tasks_copy, symlinks=True)  # a link stays a link: to nothing the process sees
+    weights, base = gen.folders(row)
+    size_mb = sum(f.stat().st_size for d in (weights, base) if d for f in d.rglob("*") if f.is_file()) / 2**20
+    memory = int(max(sandbox.memory_mb(), 8192) + 3 * size_mb)  # torch and the harness reserve ~2 GB of address space
+    code = Path(__file__).resolve().parents[2]
+    boot = (f"import sys; sys.path.insert(0, {str(code)!r}); from core.access.sandbox_child import limit_memory; "
+            f"limit_memory({memory}); import runpy; runpy.run_module('core.evaluation.lm_eval', run_name='__main__')")
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(folder / "hf"),
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    read_only = (code / "core", code / "storage", TASKS_DIR, weights, *([base] if base else []))
+    proc = sandbox.start(folder, ["-c", boot], read_only=read_only, extra_env=env)
+    lines: queue.Queue = queue.Queue()
+    tail: list[str] = []
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    threading.Thread(target=lambda: [print(f"[lm-eval, confined] {x.decode(errors='replace').rstrip()}", flush=True)
+                                     or tail.append(x.decode(errors="replace").rstrip()) for x in proc.stderr], daemon=True).start()
+    request = {"model": str(weights), "base": str(base) if base else None, "tasks": spec.tasks, "include": [str(tasks_copy)],
+               "limit": spec.limit or None, "batch_size": spec.batch_size, "seed": spec.seed}
+    proc.stdin.write(json.dumps(request).encode() + b"\n")
+    proc.stdin.close()
+    try:
+        while True:
+            run.check_cancel()
+            try:
+                raw = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if raw is None:
+                proc.wait(10)
+                raise RuntimeError(f"the confined lm-eval process {sandbox.died(proc, memory, tail)}")
+            message = json.loads(raw)
+            if "progress" in message:
+                progress(*message["progress"])
+            elif "error" in message:
+                raise (BadInput if message.get("bad_input") else RuntimeError)(message["error"])
+            else:
+                return message["result"]
+    finally:
+        sandbox.stop(proc)
+
+
+def _confined_main() -> int:
+    """The confined side of `run_confined`: a request on stdin, progress and the result
+    as JSON lines on the stdout it started with (what the tasks print goes to stderr)."""
+    import json
+    import os
+    import sys
+
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    request = json.loads(sys.stdin.readline())
+    try:
+        model, tokenizer = generate.load_from(Path(request["model"]), Path(request["base"]) if request["base"] else None)
+        result = run_tasks(model, tokenizer, request["tasks"], include_paths=request["include"], limit=request["limit"],
+                           batch_size=request["batch_size"], seed=request["seed"],
+                           progress=lambda done, total, message="": out.write(json.dumps({"progress": [done, total, message]}) + "\n"))
+        out.write(json.dumps({"result": jsonable(result)}) + "\n")
+    except ValueError as exc:
+        out.write(json.dumps({"error": str(exc), "bad_input": True}) + "\n")
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # run by run_confined, inside the sandbox
+    raise SystemExit(_confined_main())

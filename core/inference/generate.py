@@ -91,20 +91,33 @@ def available(row) -> Optional[str]:
 def load(row, weights: Optional[Path] = None):
     """(model, tokenizer) for a registered model; an adapter is put on its base.
     `weights`: one of its training checkpoints instead of the final weights."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     why = usable(row)
     if why:
         raise ValueError(why)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_from(*folders(row), weights=weights)
+
+
+def folders(row) -> tuple[Path, Optional[Path]]:
+    """(the model's folder, its base's folder when it is an adapter)."""
     folder = data_home() / row.path
-    weights = weights or folder
+    if row.source == "adapter" or (folder / "adapter_config.json").is_file():
+        return folder, data_home() / models.get(row.parent_id).path
+    return folder, None
+
+
+def load_from(folder: Path, base: Optional[Path] = None, weights: Optional[Path] = None):
+    """(model, tokenizer) from folders, without the database: `folder` holds the
+    tokenizer and the weights (or `weights` does, a checkpoint); an adapter's are
+    put on `base`'s model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = Path(weights or folder)
     if (weights / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = models.get(row.parent_id)
-        model = AutoModelForCausalLM.from_pretrained(data_home() / base.path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, weights)
     else:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
