@@ -2,7 +2,8 @@
 # Install what the tests need and run the whole suite:   bash scripts/test.sh
 # (pip requirements into .venv, Triton's environment into .venv-triton,
 # Debian's chromium + chromium-driver for the browser tests, faketime for the
-# tests of machines whose clocks are off, Debian's postgresql for the PostgreSQL
+# tests of machines whose clocks are off, bubblewrap to confine user code,
+# Debian's postgresql for the PostgreSQL
 # run, which this script starts on a private port and stops again, and a local
 # Ray head for the Ray runner's tests, stopped again too).
 # Extra arguments go to pytest.
@@ -33,6 +34,7 @@ need=()
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/faketime ] || need+=(faketime)  # a machine whose clock is off (tests of heartbeats across hosts)
+[ -x /usr/bin/bwrap ] || need+=(bubblewrap)  # user code confined: no network, its own folder (core/access/sandbox.py)
 if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null

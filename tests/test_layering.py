@@ -87,3 +87,26 @@ def test_the_checker_sees_imports():
     assert "streamlit" in imported_roots(ROOT / "Home.py")
     assert "storage" in imported_roots(ROOT / "core" / "jobs" / "lifecycle.py")
     assert ("core.training.common", ["run_checkpoints"]) in imports(ROOT / "core" / "evaluation" / "common.py")
+
+
+def unnamed_actions(source: str) -> list[str]:
+    """Calls of core's actions that do not say who acts (no `by=`); ui.forms' own
+    helpers (forms.submit) pass it themselves."""
+    actions = {"submit", "cancel", "delete", "rename", "resume", "set_address", "save_rubric", "save_setting"}
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in actions):
+            continue
+        helper = isinstance(node.func.value, ast.Name) and node.func.value.id == "forms"
+        if not helper and not any(k.arg == "by" for k in node.keywords):
+            found.append(f"{node.lineno} {ast.unparse(node.func)}")
+    return found
+
+
+def test_the_pages_act_as_the_signed_in_visitor():
+    """Every action a page takes through core names who takes it (`by=`): a call
+    without it would act as the machine's owner (core/access/accounts.py)."""
+    offenders = [f"{rel(path)}:{line}" for path in [*files("ui"), *files("pages"), ROOT / "Home.py"]
+                 for line in unnamed_actions(path.read_text())]
+    assert offenders == []
+    assert unnamed_actions("jobs.cancel(3)\nmodels.delete(1, by=me)\nforms.submit(f)") == ["1 jobs.cancel"]

@@ -375,7 +375,7 @@ def allowed_folders() -> None:
         typed = st.text_area("Folders", "\n".join(extra), key="allowed_folders", disabled=bool(fixed) or not access.can_admin())
         if not fixed and access.can_admin() and st.button("Save folders", key="allowed_save"):
             try:
-                paths.save_setting(typed.splitlines(), access.actor())
+                paths.save_setting(typed.splitlines(), by=access.actor())
                 st.toast("Allowed folders saved")
             except ValueError as exc:
                 st.error(str(exc))
