@@ -103,35 +103,40 @@ def test_owners_roles_and_the_audit_trail(home, backend):
     add_account("bob", "member")
     add_account("vera", "viewer")
     alice, bob, vera, root = as_app("alice"), as_app("bob"), as_app("vera"), as_app("root")
-    job = jobs.wait(jobs.submit(CreateModelSpec(name="alices", size="tiny"), by=alice), timeout_s=120)
-    assert job.status == "succeeded" and job.owner_id == alice.account_id
-    row = models.find("alices")
+    job_id = jobs.submit(CreateModelSpec(name="alices", size="tiny"), by=alice, start=False)
+    assert jobs.get(job_id).owner_id == alice.account_id
+    row = models.find("alices")  # the model it will make: reserved at submit, alice's already
     assert row.owner_id == alice.account_id and models.model_dict(row)["owner"] == "alice"
     assert "alice's" in models.lineage(row)[0]
     # a viewer starts nothing; another member changes nothing of alice's
     with pytest.raises(accounts.Denied, match="needs the member role"):
-        jobs.submit(CreateModelSpec(name="veras", size="tiny"), by=vera)
+        jobs.submit(CreateModelSpec(name="veras", size="tiny"), by=vera, start=False)
     with pytest.raises(accounts.Denied, match="belongs to alice: only its owner or an admin may delete it"):
         models.delete(row.id, by=bob)
     with pytest.raises(accounts.Denied, match="belongs to alice"):
         models.rename(row.id, "bobs-now", by=bob)
+    with pytest.raises(accounts.Denied, match=f"job {job_id} belongs to alice"):
+        jobs.cancel(job_id, by=bob)
     with pytest.raises(accounts.Denied, match="a viewer may not delete"):
         models.delete(row.id, by=vera)
-    assert models.find("alices").name == "alices" and [j.title for j in jobs.list_jobs()] == [job.title]
-    # a failed namesake of alice's is not bob's to take over
-    with session() as s:
-        s.execute(update(type(row)).where(type(row).id == row.id).values(status="error"))
-    with pytest.raises(ValueError, match="name: a failed model named 'alices' belongs to alice"):
-        jobs.submit(CreateModelSpec(name="alices", size="tiny"), by=bob)
-    # an admin may
+    assert models.find("alices").name == "alices" and [j.id for j in jobs.list_jobs()] == [job_id]
+    # an admin may: rename alice's model, stop her job (its unfinished model goes with it)
     models.rename(row.id, "renamed", by=root)
-    models.delete(row.id, by=root)
+    assert jobs.cancel(job_id, by=root).startswith("cancelled") and models.list_models() == []
+    # a failed namesake of alice's is hers to replace, not bob's
+    failed = jobs.submit(CreateModelSpec(name="flaky", size="tiny"), by=alice, start=False)
+    jobs.finish(failed, "failed", error_class="crashed", error="it broke")
+    assert models.find("flaky").status == "error"
+    with pytest.raises(ValueError, match="name: a failed model named 'flaky' belongs to alice"):
+        jobs.submit(CreateModelSpec(name="flaky", size="tiny"), by=bob, start=False)
+    again = jobs.submit(CreateModelSpec(name="flaky", size="tiny"), by=alice, start=False)
+    assert models.find("flaky").owner_id == alice.account_id and models.find("flaky").job_id == again
     trail = [(e.actor, e.action, e.ok) for e in reversed(audit.entries())]
     assert ("alice", "submit", True) in trail
     assert ("vera", "submit", False) in trail and ("bob", "delete", False) in trail and ("bob", "rename", False) in trail
-    assert ("root", "rename", True) in trail and ("root", "delete", True) in trail
-    assert trail[-1] == ("root", "delete", True)
-    assert audit.entries(user="bob")[0].action in ("submit", "rename", "delete")
+    assert ("bob", "cancel", False) in trail and ("root", "rename", True) in trail and ("root", "cancel", True) in trail
+    assert trail[-1] == ("alice", "submit", True)
+    assert {e.action for e in audit.entries(user="bob")} == {"sign in", "delete", "rename", "cancel"}
 
 
 def test_cancel_is_for_the_owner_or_an_admin_and_members_have_limits(home, monkeypatch):

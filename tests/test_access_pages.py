@@ -10,17 +10,21 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from datetime import timedelta
 
 import psutil
 import pytest
 import streamlit as st
+from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, add_account, wait_for
-from core.access import accounts
+from core.access import accounts, audit
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.models.create import CreateModelSpec
+from storage.db import session
+from storage.tables import SignInSession, utcnow
 
 
 @pytest.fixture
@@ -37,7 +41,7 @@ def sign_in(at: AppTest, name: str, password: str = "password-1234") -> AppTest:
     return at.button[[b.label for b in at.button].index("Sign in")].click().run()
 
 
-def test_without_a_session_only_the_sign_in_form_shows(app):
+def test_without_a_session_only_the_sign_in_form_shows(app, monkeypatch):
     add_account("root", "admin")
     add_account("alice", "member")
     app.run()
@@ -52,9 +56,17 @@ def test_without_a_session_only_the_sign_in_form_shows(app):
     assert [t.value for t in app.title] == ["Jobs"]
     assert any("Signed in as **alice** (member)" in m.value for m in app.sidebar.markdown)
     app.sidebar.button(key="sign_out").click().run()
-    assert [t.value for t in app.title] == ["Sign in"]
-    trail = [(e.actor, e.action, e.ok) for e in reversed(__import__("core.access.audit", fromlist=["x"]).entries())]
+    assert [t.value for t in app.title] == ["Sign in"] and [i.value for i in app.info] == ["Signed out."]
+    trail = [(e.actor, e.action, e.ok) for e in reversed(audit.entries())]
     assert trail[-3:] == [("alice", "sign in", False), ("alice", "sign in", True), ("alice", "sign out", True)]
+    # a session that expires while the page is open: the next rerun asks to sign in again, saying why
+    sign_in(app, "alice")
+    assert any("Signed in as **alice**" in m.value for m in app.sidebar.markdown)
+    with session() as s:
+        s.execute(update(SignInSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+    monkeypatch.setattr(accounts, "CACHE_S", 0.0)
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"] and "Your session has ended" in app.info[0].value
 
 
 def test_a_viewer_reads_but_starts_nothing_and_members_keep_to_their_own(app):
@@ -180,3 +192,25 @@ def test_api_live_and_the_session_cookie_need_a_session(home):
     finally:
         server.kill()
         server.communicate(timeout=30)
+
+
+def test_sign_in_through_an_identity_provider_maps_to_an_account(app):
+    """st.login (OpenID Connect) configured in the secrets: the e-mail the provider vouches
+    for is the account's name; no such account, or a disabled one, signs in nobody."""
+    add_account("root", "admin")
+    accounts.add("alice@lab.org", None, "member", accounts.terminal())  # --no-password
+    with pytest.raises(accounts.SignInRefused, match="Wrong name or password"):
+        accounts.sign_in("alice@lab.org", "")  # only through the provider
+    app.secrets["auth"] = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "a-secret-value",
+                           "google": {"client_id": "id", "client_secret": "secret",
+                                      "server_metadata_url": "https://accounts.google.com/.well-known/openid-configuration"}}
+    app.user = {"is_logged_in": False}
+    app.run()
+    assert app.button(key="sign_in_provider").label == "Sign in with google"
+    app.user = {"is_logged_in": True, "email": "mallory@elsewhere.org"}
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"] and "no account of that name" in app.error[0].value
+    app.user = {"is_logged_in": True, "email": "Alice@lab.org"}
+    app.run()
+    assert any("Signed in as **alice@lab.org** (member)" in m.value for m in app.sidebar.markdown)
+    assert ("alice@lab.org", "sign in", True) in {(e.actor, e.action, e.ok) for e in audit.entries()}

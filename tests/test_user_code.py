@@ -12,12 +12,12 @@ import pytest
 
 from core.access import sandbox
 
-HOSTILE = '''
+PROBE = '''
 import json, os, socket
 
-def reward(prompts, completions, **kw):
-    print("ENVIRONMENT", dict(os.environ), flush=True)
-    report = {"env": dict(os.environ)}
+def probe(extra):
+    """What user code can reach: it tries, and writes what happened to report.json in its working folder."""
+    report = {"env": dict(os.environ), "cwd": os.getcwd(), **extra}
     for name, target in (("outside", TARGETS["outside"]), ("home", TARGETS["home"]), ("tmp", "/tmp/llmdev-escape.txt")):
         try:
             with open(target, "w") as fh:
@@ -34,8 +34,15 @@ def reward(prompts, completions, **kw):
         report["proc_environ"] = open("/proc/1/environ", "rb").read().decode(errors="replace")
     except OSError as exc:
         report["proc_environ"] = type(exc).__name__
+    report["database_visible"] = os.path.exists(TARGETS["database"])
     with open("report.json", "w") as fh:  # its own folder: allowed
         json.dump(report, fh)
+'''
+
+HOSTILE = PROBE + '''
+def reward(prompts, completions, **kw):
+    print("ENVIRONMENT", dict(os.environ), flush=True)
+    probe({})
     return [0.0 for _ in completions]
 
 def spin(**kw):
@@ -71,7 +78,7 @@ class Listener:
 def hostile_file(folder: Path, outside: Path, home: Path, port: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     code = folder / "reward_file.py"
-    targets = {"outside": str(outside), "home": str(home / "planted.txt"), "port": port}
+    targets = {"outside": str(outside), "home": str(home / "planted.txt"), "port": port, "database": str(home / "platform.db")}
     code.write_text(f"TARGETS = {json.dumps(targets)}\n" + HOSTILE)
     return code
 
@@ -81,7 +88,9 @@ def check_report(report: dict, outside: Path, home: Path, listener: Listener, li
     shown = json.dumps(report) + "\n".join(lines)
     for secret in ("DATABASE_URL", "pa55word-xyz", "OPENAI_API_KEY", "sk-live-0123456789", "LLMDEV_HOME"):
         assert secret not in shown, secret
-    assert set(report["env"]) <= {"PATH", "LANG", "HOME", "TMPDIR", "OMP_NUM_THREADS", "PWD"}
+    # only what sandbox.environment() gives (and, for lm-eval, its offline and cache settings)
+    assert set(report["env"]) <= {"PATH", "LANG", "HOME", "TMPDIR", "OMP_NUM_THREADS", "PWD", "HF_DATASETS_OFFLINE",
+                                  "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM"}
     why = sandbox.isolation()
     if why is not None:
         pytest.skip(f"this machine cannot isolate user code's network and files: {why}")
@@ -89,7 +98,7 @@ def check_report(report: dict, outside: Path, home: Path, listener: Listener, li
     assert report["home"] != "written" and not (home / "planted.txt").exists()
     assert report["tmp"] != "written" and not Path("/tmp/llmdev-escape.txt").exists()
     assert report["connect"] != "connected" and listener.accepted == 0
-    assert "pa55word" not in report["proc_environ"]
+    assert "pa55word" not in report["proc_environ"] and report["database_visible"] is False
 
 
 def test_a_hostile_reward_file_sees_no_secret_and_reaches_nothing(home, tmp_path, monkeypatch):
@@ -129,26 +138,9 @@ def test_limits_name_themselves(tmp_path, monkeypatch):
         sandbox.Confined(broken, "score", folder, log=lambda line: None).start()
 
 
-TASK_UTILS = '''
-import json, os, socket
-
+TASK_UTILS = PROBE + '''
 def process_docs(dataset):
-    report = {"env": dict(os.environ), "cwd": os.getcwd()}
-    for name, target in (("outside", TARGETS["outside"]), ("home", TARGETS["home"])):
-        try:
-            with open(target, "w") as fh:
-                fh.write("escaped")
-            report[name] = "written"
-        except OSError as exc:
-            report[name] = type(exc).__name__
-    try:
-        socket.create_connection(("127.0.0.1", TARGETS["port"]), timeout=3).close()
-        report["connect"] = "connected"
-    except OSError as exc:
-        report["connect"] = type(exc).__name__
-    report["database_visible"] = os.path.exists(TARGETS["database"])
-    with open("report.json", "w") as fh:  # the working folder: its own
-        json.dump(report, fh)
+    probe({})
     return dataset
 '''
 
@@ -167,7 +159,7 @@ def test_an_lm_eval_task_folder_runs_confined_and_scores_as_in_process(tiny_llam
     rows = [{"q": f"Is {n} even?", "label": n % 2} for n in range(6)]
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     targets = {"outside": str(outside), "home": str(home / "planted.txt"), "port": listener.port,
-               "database": str(home / "platform.db")}
+               "database": str(home / "platform.db")}  # as hostile_file writes them
     (folder / "utils.py").write_text(f"TARGETS = {json.dumps(targets)}\n" + TASK_UTILS)
     (folder / "yes_no.yaml").write_text(
         "task: my_yes_no\ndataset_path: json\ndataset_kwargs:\n  data_files: data.jsonl\ntest_split: train\n"
@@ -187,12 +179,4 @@ def test_an_lm_eval_task_folder_runs_confined_and_scores_as_in_process(tiny_llam
     assert job.result["metrics"] == pytest.approx(here["metrics"]) and job.result["num_samples"] == 6
     report = json.loads((jobs.run_dir(job.id) / sandbox.FOLDER / "report.json").read_text())
     assert report["cwd"] == str(jobs.run_dir(job.id) / sandbox.FOLDER)
-    shown = json.dumps(report) + jobs.read_log_tail(job.id, 500)
-    assert "sk-live-0123456789" not in shown and "LLMDEV_HOME" not in report["env"] and "DATABASE_URL" not in report["env"]
-    why = sandbox.isolation()
-    if why is not None:
-        pytest.skip(f"this machine cannot isolate user code's network and files: {why}")
-    assert report["outside"] != "written" and not outside.exists()
-    assert report["home"] != "written" and not (home / "planted.txt").exists()
-    assert report["connect"] != "connected" and listener.accepted == 0
-    assert report["database_visible"] is False
+    check_report(report, outside, home, listener, jobs.read_log_tail(job.id, 500).splitlines())

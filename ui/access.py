@@ -11,6 +11,7 @@ request after a reload, and by GET /api/live), so a refresh does not sign out.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from typing import Optional
 
 import streamlit as st
@@ -117,7 +118,9 @@ def gate() -> None:
     who = accounts.actor_for(token)
     if who is None:
         st.session_state.pop(TOKEN_KEY, None)
-        sign_in_form()
+        ended = bool(token) and st.session_state.get("_ended_token") != token  # said once, not at every rerun
+        st.session_state["_ended_token"] = token
+        sign_in_form(ended)
         st.stop()
     st.session_state[TOKEN_KEY] = token
     if st.session_state.pop("_keep_cookie", False):
@@ -131,14 +134,35 @@ def gate() -> None:
 def _sign_out() -> None:
     accounts.sign_out(st.session_state.pop(TOKEN_KEY, None))
     st.session_state["_forget_cookie"] = True
+    if provider() and st.user.is_logged_in:
+        st.logout()  # and out of the identity provider's session in this app, or it would sign in again at once
 
 
-def sign_in_form() -> None:
-    """The only thing a visitor without a session sees."""
+def provider() -> str:
+    """The identity provider's name when sign-in through one (OpenID Connect, Streamlit's
+    st.login) is configured in the secrets' [auth] section, else ""."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:  # no secrets file
+        return ""
+    if not auth:
+        return ""
+    named = [k for k, v in auth.items() if isinstance(v, Mapping)]  # [auth.google], [auth.microsoft], ...
+    return named[0] if named else "your organisation"
+
+
+def sign_in_form(ended: bool = False) -> None:
+    """The only thing a visitor without a session sees (`ended`: the one this browser
+    had is over: expired, signed out elsewhere, or its account disabled)."""
     st.title("Sign in")
     st.caption("LLM Development Platform: an account is made by an admin (python -m core users add NAME --role member).")
     if st.session_state.pop("_forget_cookie", False):
         _cookie(key="llmdev_session_forget", data={"token": ""}, height=0)
+        st.info("Signed out.")
+    elif ended:
+        st.info("Your session has ended (it expired, was signed out elsewhere, or the account was disabled): sign in again.")
+    if provider():
+        _provider_sign_in()
     with st.form("sign_in"):
         name = st.text_input("Name", key="sign_in_name")
         password = st.text_input("Password", type="password", key="sign_in_password")
@@ -184,3 +208,23 @@ def _session(request: Request) -> Response:
 
 
 ROUTES = [Route("/api/session", _session, methods=["POST", "DELETE"])]
+
+
+def _provider_sign_in() -> None:
+    """Through the identity provider (st.login): its vouched-for e-mail is the account's name."""
+    name = provider()
+    if not st.user.is_logged_in:
+        st.button(f"Sign in with {name}", key="sign_in_provider", type="primary",
+                  on_click=st.login, args=(None if name == "your organisation" else name,))
+        st.caption("Or with a name and password:")
+        return
+    email = st.user.get("email") or ""
+    try:
+        token = accounts.sign_in_external(email, f"sign-in through {name}")
+    except accounts.SignInRefused as exc:
+        st.error(str(exc))
+        st.button(f"Sign out of {name}", key="sign_out_provider", on_click=st.logout)
+        return
+    st.session_state[TOKEN_KEY] = token
+    st.session_state["_keep_cookie"] = True
+    st.rerun()

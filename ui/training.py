@@ -191,8 +191,11 @@ def controls(job) -> None:
     c = st.columns(2)
     from core.training.common import has_checkpoint
 
-    if not access.may_change(job.owner_id):
-        c[0].caption(f"A run of {accounts.owner_of(job.owner_id) or 'nobody yet'}: only its owner or an admin may stop or resume it.")
+    owner, mine = accounts.owner_of(job.owner_id), access.may_change(job.owner_id)
+    if owner or not mine:
+        st.caption(f"{owner or 'Nobody'}'s run" + ("" if mine else ": only its owner or an admin may stop or resume it"))
+    if not mine:
+        pass  # nothing to press
     elif job.status in jobs.ACTIVE and job.cancel_requested_at is None:
         if traits(job.kind).resumes:
             c[0].button("Pause (checkpoint)", key=f"pause_{job.id}", on_click=_stop, args=(job.id, "pause"))

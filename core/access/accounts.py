@@ -220,10 +220,12 @@ def account_dict(row: Account) -> dict[str, Any]:
     }
 
 
-def add(name: str, password: str, role: str, by: Actor) -> Account:
+def add(name: str, password: Optional[str], role: str, by: Actor) -> Account:
     """A new account. The first one must be an admin: it takes over everything made
-    before accounts existed."""
-    name, role, password = _check_name(name), _check_role(role), _check_password(password)
+    before accounts existed. `password` None: it signs in only through an identity
+    provider (its stored hash is of a random secret nobody knows)."""
+    name, role = _check_name(name), _check_role(role)
+    password = secrets.token_urlsafe(32) if password is None else _check_password(password)
     digest = _hasher().hash(password)
     with session() as s:
         first = s.scalar(select(Account.id).limit(1)) is None
@@ -361,6 +363,24 @@ def sign_in(name: str, password: str) -> str:
                 failed.count, failed.last_at = failed.count + 1, now
         audit.record(who, "sign in", "", "wrong name or password", ok=False)
         raise SignInRefused("Wrong name or password.")
+    return _start_session(row, key)
+
+
+def sign_in_external(name: str, how: str) -> str:
+    """A new session's token for the account named `name` (the e-mail an identity
+    provider vouched for: ui/access.py, Streamlit's st.login), or SignInRefused when
+    there is no such account or it is disabled. The provider checked the password."""
+    key = (name or "").strip().lower()[:100]
+    with session() as s:
+        row = s.scalars(select(Account).where(func.lower(Account.name) == key)).first()
+    if row is None:
+        audit.record(Actor(key or "(no name)", "viewer"), "sign in", "", f"{how}: no account of that name", ok=False)
+        raise SignInRefused(f"{how} says you are {name!r}, but there is no account of that name here: ask an admin "
+                            f"(python -m core users add {name} --role member --no-password).")
+    return _start_session(row, key, how)
+
+
+def _start_session(row: Account, key: str, how: str = "") -> str:
     if row.disabled:
         audit.record(Actor(row.name, row.role, row.id), "sign in", "", "the account is disabled", ok=False)
         raise SignInRefused("This account is disabled: ask an admin.")
@@ -371,7 +391,7 @@ def sign_in(name: str, password: str) -> str:
         s.add(SignInSession(token_hash=_digest(token), account_id=row.id, created_at=now,
                             expires_at=now + timedelta(hours=session_hours()), last_seen_at=now))
         s.execute(update(Account).where(Account.id == row.id).values(last_seen_at=now))
-    audit.record(Actor(row.name, row.role, row.id), "sign in")
+    audit.record(Actor(row.name, row.role, row.id), "sign in", "", how)
     return token
 
 

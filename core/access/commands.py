@@ -1,6 +1,7 @@
 """The CLI's `users` and `audit` commands (core/cli.py adds them to its parser).
 
     python -m core users add NAME --role admin|member|viewer    the password from a prompt, or one line of stdin
+    python -m core users add EMAIL --role member --no-password  signs in through the identity provider only
     python -m core users list [--json]
     python -m core users set-role NAME ROLE
     python -m core users disable|enable NAME
@@ -44,7 +45,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def users_add(args) -> int:
     first = not accounts.sign_in_on()
-    row = accounts.add(args.name, read_password(), args.role, accounts.terminal())
+    row = accounts.add(args.name, None if args.no_password else read_password(), args.role, accounts.terminal())
     print(f"account {row.name} ({row.role}) added" + ("; sign-in is now on: the app asks every visitor to sign in" if first else ""))
     return 0
 
@@ -103,6 +104,8 @@ def add_commands(top) -> None:
     c = verbs.add_parser("add", help="add an account (the first one must be an admin); the password from a prompt or stdin")
     c.add_argument("name")
     c.add_argument("--role", required=True, choices=accounts.ROLES)
+    c.add_argument("--no-password", action="store_true",
+                   help="it signs in only through the identity provider (the name is the e-mail it vouches for)")
     c.set_defaults(func=users_add)
     c = verbs.add_parser("list", help="every account with its role and when it was last seen")
     c.add_argument("--json", action="store_true")

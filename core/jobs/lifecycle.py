@@ -135,16 +135,14 @@ def _check_limits(spec: Any, by: Actor) -> None:
     if by.account_id is None or by.role == "admin":
         return
     with session() as s:
-        mine = s.execute(select(Job.kind, Job.status).where(Job.owner_id == by.account_id, Job.status.in_(ACTIVE))).all()
+        mine = list(s.scalars(select(Job).where(Job.owner_id == by.account_id, Job.status.in_(ACTIVE))))
     if spec.service:
-        from core.kinds import traits
-
-        services = sum(1 for kind, _ in mine if traits(kind).service)
+        services = sum(1 for job in mine if lane(job) == "service")
         if services >= config.max_services_per_user():
             raise accounts.Denied(f"you have {services} services running (at most {config.max_services_per_user()} each: "
                                   "LLMDEV_MAX_SERVICES_PER_USER): stop one first")
         return
-    queued = sum(1 for _, status in mine if status == "queued")
+    queued = sum(1 for job in mine if job.status == "queued")
     if queued >= config.max_queued_per_user():
         raise accounts.Denied(f"you have {queued} jobs waiting (at most {config.max_queued_per_user()} each: "
                               "LLMDEV_MAX_QUEUED_PER_USER): wait for them to start, or cancel one")
