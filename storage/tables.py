@@ -262,6 +262,8 @@ class Rubric(Base):
     scale_min: Mapped[int] = mapped_column(Integer, default=1)
     scale_max: Mapped[int] = mapped_column(Integer, default=5)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    owner_id: Mapped[Optional[int]] = mapped_column(Integer, nullable=True, index=True)
+    """Who saved it (core/access/accounts.py): a shipped rubric is the first admin's."""
 
 
 class Account(Base):

@@ -171,6 +171,42 @@ def test_the_first_admin_takes_over_what_came_before(home):
     assert jobs.get(mine).owner_id == root.id and models.find("mine").owner_id == root.id
 
 
+def test_rubrics_try_it_and_unconfined_user_code_follow_the_roles(home, tmp_path, monkeypatch):
+    """A rubric is changed by whoever saved it or an admin; "Try it" is a member's, checked
+    in core; user code that cannot be confined here does not run once sign-in is on."""
+    from core.access import sandbox
+    from core.evaluation import judge
+    from core.training import grpo
+    from core.training.grpo import GRPOSpec
+
+    monkeypatch.setattr(sandbox, "_isolation", ["bubblewrap is not installed (this test says so)"])
+    assert sandbox.command(tmp_path, ["-c", "pass"])[-2:] == ["-c", "pass"]  # no account: the laptop's single user
+    add_account("root", "admin")
+    add_account("alice", "member")
+    add_account("bob", "member")
+    add_account("vera", "viewer")
+    alice, bob, vera, root = as_app("alice"), as_app("bob"), as_app("vera"), as_app("root")
+    judge.save_rubric("strict", "Grade strictly: {answer}", 1, 5, by=alice)
+    with pytest.raises(accounts.Denied, match="the rubric 'strict' belongs to alice"):
+        judge.save_rubric("strict", "Everything is a 5: {answer}", 1, 5, by=bob)
+    with pytest.raises(accounts.Denied, match="needs the member role"):
+        judge.save_rubric("mine", "Grade: {answer}", 1, 5, by=vera)
+    judge.save_rubric("strict", "Grade very strictly: {answer}", 1, 5, by=root)
+    assert judge.get_rubric("strict").text == "Grade very strictly: {answer}"
+    spec = GRPOSpec.model_construct(model="m", dataset="d", reward_file=str(tmp_path / "reward_file.py"))
+    with pytest.raises(accounts.Denied, match="trying a reward file needs the member role"):
+        grpo.try_in_subprocess(spec, by=vera)
+    with pytest.raises(accounts.Denied, match="cannot confine user code"):
+        grpo.try_in_subprocess(spec, by=alice)
+    # wherever it would start (a worker, a Ray node), unconfined user code is refused, naming the way out
+    with pytest.raises(sandbox.UserCodeError, match="sign-in is on.*install bubblewrap.*LLMDEV_USER_CODE_UNCONFINED=1"):
+        sandbox.command(tmp_path, ["-c", "pass"])
+    monkeypatch.setenv("LLMDEV_USER_CODE_UNCONFINED", "1")
+    assert sandbox.command(tmp_path, ["-c", "pass"])[-2:] == ["-c", "pass"]
+    trail = {(e.actor, e.action, e.ok) for e in audit.entries()}
+    assert ("bob", "change", False) in trail and ("vera", "try reward file", False) in trail
+
+
 # --- paths ---------------------------------------------------------------------------------
 
 
@@ -238,7 +274,9 @@ def as_app_member(home) -> accounts.Actor:
 
 def test_outbound_requests_refuse_metadata_and_link_local_addresses():
     for url in ("http://169.254.169.254/latest/meta-data", "http://[fe80::1]:8000/v1", "http://metadata.google.internal/x",
-                "http://169.254.10.20:8265", "http://0.0.0.0:8000/v1", "file:///etc/passwd", "ftp://host/x"):
+                "http://169.254.10.20:8265", "http://0.0.0.0:8000/v1", "file:///etc/passwd", "ftp://host/x",
+                "http://[::ffff:169.254.169.254]/", "http://[::ffff:a9fe:a9fe]/", "http://[2002:a9fe:a9fe::1]/",
+                "http://[64:ff9b::a9fe:a9fe]/"):  # the metadata address inside IPv6 forms that reach it
         with pytest.raises(outbound.Refused):
             outbound.check_url(url)
     for url in ("http://127.0.0.1:8000/v1", "http://localhost:8265", "https://10.1.2.3/v1", "http://[::1]:9/x"):

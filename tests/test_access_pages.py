@@ -207,10 +207,13 @@ def test_sign_in_through_an_identity_provider_maps_to_an_account(app):
     app.user = {"is_logged_in": False}
     app.run()
     assert app.button(key="sign_in_provider").label == "Sign in with google"
-    app.user = {"is_logged_in": True, "email": "mallory@elsewhere.org"}
+    app.user = {"is_logged_in": True, "email": "mallory@elsewhere.org", "email_verified": True}
     app.run()
     assert [t.value for t in app.title] == ["Sign in"] and "no account of that name" in app.error[0].value
-    app.user = {"is_logged_in": True, "email": "Alice@lab.org"}
+    app.user = {"is_logged_in": True, "email": "alice@lab.org"}  # a provider that does not vouch for the address
+    app.run()
+    assert [t.value for t in app.title] == ["Sign in"] and "is verified" in app.error[0].value
+    app.user = {"is_logged_in": True, "email": "Alice@lab.org", "email_verified": True}
     app.run()
     assert any("Signed in as **alice@lab.org** (member)" in m.value for m in app.sidebar.markdown)
     assert ("alice@lab.org", "sign in", True) in {(e.actor, e.action, e.ok) for e in audit.entries()}

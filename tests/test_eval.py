@@ -149,6 +149,8 @@ def test_bad_input_is_refused_with_the_field(setup):
         EvalJudgeSpec(model="tiny", dataset="facts")
     with pytest.raises(SpecError, match="judge_url: 'ftp://x' is not an http"):
         EvalJudgeSpec(model="tiny", dataset="facts", judge_url="ftp://x")
+    with pytest.raises(SpecError, match="judge_url: a name or password in the URL would be shown to everyone"):
+        EvalJudgeSpec(model="tiny", dataset="facts", judge_url="http://me:pa55@127.0.0.1:8000/v1")
     with pytest.raises(SpecError, match="split: 'test': input should be 'auto', 'validation', 'train' or 'all'"):
         EvalPerplexitySpec(model="tiny", dataset="prose", split="test")
     with pytest.raises(SpecError, match="stride: 64 must be shorter than the window"):

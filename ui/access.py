@@ -11,6 +11,7 @@ request after a reload, and by GET /api/live), so a refresh does not sign out.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from typing import Optional
 
@@ -86,6 +87,16 @@ def can_run() -> bool:
         return actor().may("member")
     except accounts.Denied:
         return False
+
+
+def refused(doing: str) -> bool:
+    """True, with the reason on the page, when this visitor may not do what starts or
+    uses compute (`doing`). For the handlers of widgets a viewer sees disabled: a
+    disabled widget is the browser's promise, this is the server's."""
+    if can_run():
+        return False
+    st.error(f"{doing} needs the member role.")
+    return True
 
 
 def can_admin() -> bool:
@@ -203,8 +214,15 @@ def _session(request: Request) -> Response:
     if accounts.actor_for(token) is None:
         return JSONResponse({"error": "not a valid session"}, status_code=401)
     response.set_cookie(COOKIE, token, max_age=int(accounts.session_hours() * 3600), path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=_over_https(request))
     return response
+
+
+def _over_https(request: Request) -> bool:
+    """Whether the browser talks https: here, or to a proxy that ends TLS and says so
+    (X-Forwarded-Proto). Trusting the header can only add the cookie's Secure flag."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
 
 
 ROUTES = [Route("/api/session", _session, methods=["POST", "DELETE"])]
@@ -219,6 +237,13 @@ def _provider_sign_in() -> None:
         st.caption("Or with a name and password:")
         return
     email = st.user.get("email") or ""
+    verified = str(st.user.get("email_verified", "")).lower() == "true"
+    if not verified and os.environ.get("LLMDEV_OIDC_TRUST_EMAIL", "").strip() != "1":
+        # a provider that lets its users type any e-mail would let them name any account here
+        st.error(f"{name} does not say that the e-mail {email!r} is verified (email_verified), so it names no account "
+                 "here. An admin whose provider only gives out its own addresses may set LLMDEV_OIDC_TRUST_EMAIL=1.")
+        st.button(f"Sign out of {name}", key="sign_out_provider", on_click=st.logout)
+        return
     try:
         token = accounts.sign_in_external(email, f"sign-in through {name}")
     except accounts.SignInRefused as exc:

@@ -254,7 +254,7 @@ def job_details(job) -> None:
     if job.status == "failed":
         st.error(f"**{job.error_class}**: {masking.mask(forms.page_words(job.error or ''))}")
     elif job.status in jobs.STOPPED:
-        st.warning(job.error or job.status)
+        st.warning(masking.mask(job.error or job.status))
     st.caption("Replay from a terminal, or run its spec file:")
     st.code(jobs.cli_command(job), language="bash")
     st.code(jobs.spec_file_command(job), language="bash")

@@ -53,7 +53,7 @@ def loaded_models_panel(cache: ModelCache) -> None:
         st.subheader("Loaded models")
         st.number_input(
             "Memory budget (GiB)", min_value=0.1, max_value=4096.0, value=round(cache.budget / GiB, 2), step=0.5,
-            key="pg_budget", on_change=_set_budget, args=(cache,),
+            key="pg_budget", on_change=_set_budget, args=(cache,), disabled=not access.can_run(),
             help="Loaded models are kept for the next reply; the least recently used are unloaded beyond this.",
         )
         if st.session_state.get("pg_evicted"):
@@ -68,13 +68,20 @@ def loaded_models_panel(cache: ModelCache) -> None:
             st.markdown(
                 f"**{e['name']}**  \n{human_bytes(e['mb'] * 2**20)} · {e['device']} · used {human_seconds(now - e['last_used'])} ago"
             )
-            st.button("Unload", key=f"unload_{e['model_id']}", on_click=cache.unload, args=(e["model_id"],),
+            st.button("Unload", key=f"unload_{e['model_id']}", on_click=_unload, args=(cache, e["model_id"]),
                       type="tertiary", icon=":material/eject:", disabled=not access.can_run())
             if e["over_budget"]:
                 st.warning("Bigger than the budget: loaded alone.", icon=":material/memory:")
 
 
+def _unload(cache: ModelCache, model_id: int) -> None:
+    if not access.refused("Unloading a model"):
+        cache.unload(model_id)
+
+
 def _set_budget(cache: ModelCache) -> None:
+    if access.refused("Changing the memory budget"):
+        return
     evicted = cache.set_budget(int(st.session_state["pg_budget"] * GiB))
     if evicted:
         st.session_state["pg_evicted"] = f"Unloaded to fit the budget: {', '.join(evicted)}"
@@ -304,7 +311,7 @@ def chat_tab(choices) -> list[Reply]:
                 st.markdown(inert_markdown(msg["content"]))
     prompt = st.chat_input(f"Message {row.name}", key="chat_prompt", submit_mode="stop", disabled=picked is None or not access.can_run())
     pending = []
-    if prompt and picked is not None:
+    if prompt and picked is not None and not access.refused("Chatting"):
         system, settings = picked
         turns = [(u["content"], a["content"]) for u, a in zip(history[::2], history[1::2])]
         msg = _new_reply(row, system, settings)
@@ -342,7 +349,7 @@ def side_by_side_tab(choices) -> list[Reply]:
                 show_reply(msg)
     prompt = st.chat_input("Send to both models", key="sbs_prompt", submit_mode="stop", disabled=picked is None or not access.can_run())
     pending = []
-    if prompt and picked is not None:
+    if prompt and picked is not None and not access.refused("Chatting"):
         system, settings = picked
         msgs = [_new_reply(row, system, settings) for row in (a, b)]
         turns = [[(t["prompt"], t["replies"][i]["content"]) for t in history] for i in (0, 1)]

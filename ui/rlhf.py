@@ -9,6 +9,7 @@ from typing import Any, Optional
 import pandas as pd
 import streamlit as st
 
+from core.access import accounts
 from core.data import registry as datasets
 from core.evaluation import results as samples_store
 from core.jobs import lifecycle as jobs
@@ -170,8 +171,12 @@ def _try_file(spec: GRPOSpec) -> None:
     called as in a run (core/training/grpo.py try_rewards), in a separate process."""
     from core.training import grpo
 
-    with st.spinner("The policy answers 3 prompts, your file scores them (confined, as in a run)…"):
-        out = grpo.try_in_subprocess(spec)
+    try:
+        with st.spinner("The policy answers 3 prompts, your file scores them (confined, as in a run)…"):
+            out = grpo.try_in_subprocess(spec, by=access.actor())
+    except accounts.Denied as exc:
+        st.error(str(exc))
+        return
     if "error" in out:
         st.error(f"Your reward file fails: {out['error']}")
         return
@@ -268,7 +273,7 @@ def score_box() -> None:
     name = st.selectbox("Reward model", list(by_name), key="rl_score_model")
     prompt = st.text_area("Prompt", key="rl_score_prompt", height=80)
     response = st.text_area("Answer", key="rl_score_response", height=120)
-    if st.button("Score", key="rlhf_score", disabled=not (prompt and response) or not access.can_run()):
+    if st.button("Score", key="rlhf_score", disabled=not (prompt and response) or not access.can_run()) and not access.refused("Scoring"):
         row = by_name[name]
         with st.spinner(f"Loading '{name}'…"):
             model, tokenizer = _reward_model(row.id, row.path)

@@ -36,10 +36,10 @@ from sqlalchemy import delete, func, select, update
 
 from core.access import audit
 from storage.db import clock, database_url, session
-from storage.tables import Account, Dataset, Export, Job, Model, SignInFailure, SignInSession
+from storage.tables import Account, Dataset, Export, Job, Model, Rubric, SignInFailure, SignInSession
 
 ROLES = ("viewer", "member", "admin")
-OWNED = (Model, Dataset, Export, Job)
+OWNED = (Model, Dataset, Export, Job, Rubric)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 MIN_PASSWORD = 8
 FREE_FAILURES = 3
@@ -329,9 +329,19 @@ def wait_after(failures: int) -> float:
 _DUMMY: list[str] = []  # a hash to verify against when the name is unknown (the same time either way)
 
 
+_signing_in = threading.Lock()
+"""One sign-in at a time in a process: tries sent all at once each wait their turn and
+see the failures before them (else each of N parallel tries would pass the count)."""
+
+
 def sign_in(name: str, password: str) -> str:
     """A new session's token for `name`, or SignInRefused saying why (the same words
     for an unknown name and a wrong password)."""
+    with _signing_in:
+        return _sign_in(name, password)
+
+
+def _sign_in(name: str, password: str) -> str:
     key = (name or "").strip().lower()[:100]
     who = Actor((name or "").strip()[:100] or "(no name)", "viewer")
     with session() as s:

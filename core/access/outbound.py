@@ -29,6 +29,12 @@ class Refused(ValueError):
 
 
 def _bad_address(ip: ipaddress._BaseAddress) -> Optional[str]:
+    if isinstance(ip, ipaddress.IPv6Address):  # ::ffff:169.254.169.254 and kin reach the IPv4 address
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is None and ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is not None and _bad_address(inner):
+            return _bad_address(inner)
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata service"
     if ip.is_link_local:

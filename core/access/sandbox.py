@@ -15,16 +15,23 @@ The process it runs in (core/access/sandbox_child.py on the other end of a pipe)
     job's environment from /proc), a read-only view of the system and of Python, and
     no data home, no app folder and no home folder: its own folder is the only one it
     sees of those, and the only place it can write.
-Without bubblewrap the first three hold and `isolation()` says what is missing; the
-app then refuses user code from visitors when sign-in is on (core/jobs/lifecycle).
+Without bubblewrap the first three hold and `isolation()` says what is missing; once
+sign-in is on (an account exists) user code is then refused: by the app at submit
+(core/jobs/lifecycle) and here, wherever it would start (a worker, a Ray node, "Try
+it"), unless whoever starts that process set LLMDEV_USER_CODE_UNCONFINED=1 (their
+machine, their risk). With no account (a laptop's single user) it runs unconfined.
 
 What this does not stop: reading what the system and Python's folders hold (they
-are readable to the job's user anyway), using the CPU and memory up to the limits,
-and, without bubblewrap, the network and writes anywhere the job's user may write.
+are readable to the job's user anyway), using the CPU and memory up to the limits
+(the CPU limit is a soft one the code could raise: the wall clock then ends it),
+starting many processes (no count limit: each gets the memory limit), and, without
+bubblewrap, the network and writes anywhere the job's user may write. A GPU stays
+visible (/dev/nvidia*, /dev/dri), so a task's model can run on it.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import queue
@@ -98,7 +105,9 @@ def command(folder: Path, python_args: list[str], read_only: tuple[Path, ...] = 
     """The command that runs `python python_args...` confined to `folder` (bubblewrap
     when it works here, else the interpreter alone)."""
     python = [sys.executable, "-I", "-B", *python_args]  # -I: no PYTHON* variables, no user site; -B: no .pyc written
-    if isolation() is not None:
+    why = isolation()
+    if why is not None:
+        refuse_unconfined(why)
         return python
     cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
            "--proc", "/proc", "--dev", "/dev"]
@@ -109,8 +118,22 @@ def command(folder: Path, python_args: list[str], read_only: tuple[Path, ...] = 
         if path not in seen:
             seen.add(path)
             cmd += ["--ro-bind", path, path]
+    for device in sorted(glob.glob("/dev/nvidia*")) + ["/dev/dri"]:  # a GPU stays usable (an lm-eval task's model)
+        cmd += ["--dev-bind-try", device, device]
     cmd += ["--bind", str(folder), str(folder), "--remount-ro", "/", "--chdir", str(folder), "--"]
     return cmd + python
+
+
+def refuse_unconfined(why: str) -> None:
+    """UserCodeError when user code would run unconfined on a shared platform (see the top)."""
+    if os.environ.get("LLMDEV_USER_CODE_UNCONFINED", "").strip() == "1":
+        return
+    from core.access import accounts
+
+    if accounts.sign_in_on():
+        raise UserCodeError(f"this machine cannot confine user code ({why}), and sign-in is on, so it does not run "
+                            "it: install bubblewrap where the job runs (or set LLMDEV_USER_CODE_UNCONFINED=1 there)",
+                            limit="confinement")
 
 
 def environment(folder: Path) -> dict[str, str]:

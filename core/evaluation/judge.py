@@ -17,6 +17,7 @@ import http.client
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
@@ -112,20 +113,18 @@ def save_rubric(name: str, text: str, scale_min: int = 1, scale_max: int = 5, by
         raise ValueError("name: give the rubric a name")
     check_rubric(text, scale_min, scale_max)
     with session() as s:
+        row = s.scalars(select(Rubric).where(Rubric.name == name)).first()
+        if row is not None:  # Denied, in the audit trail (written outside the write below)
+            accounts.require_change(by, row.owner_id, f"the rubric {name!r}", "change")
+    owner = accounts.owner_for(by)
+    with session() as s:
         write_lock(s)
         row = s.scalars(select(Rubric).where(Rubric.name == name)).first()
         if row is None:
-            s.add(Rubric(name=name, text=text, scale_min=scale_min, scale_max=scale_max))
+            s.add(Rubric(name=name, text=text, scale_min=scale_min, scale_max=scale_max, owner_id=owner))
         else:
             row.text, row.scale_min, row.scale_max, row.updated_at = text, scale_min, scale_max, utcnow()
     audit.record(by, "save rubric", name, f"scale {scale_min}-{scale_max}")
-
-
-def delete_rubric(name: str) -> None:
-    with session() as s:
-        row = s.scalars(select(Rubric).where(Rubric.name == name)).first()
-        if row is not None:
-            s.delete(row)
 
 
 # --- reading a grade ----------------------------------------------------------------------
@@ -262,6 +261,9 @@ class EvalJudgeSpec(EvalGenerationSpec):
             raise SpecError("judge_model", "give either a registered judge_model or a judge_url, not both")
         if self.judge_url and not re.match(r"^https?://[^\s/]+", self.judge_url):
             raise SpecError("judge_url", f"{self.judge_url!r} is not an http(s) URL like http://127.0.0.1:8000/v1")
+        if self.judge_url and "@" in urllib.parse.urlsplit(self.judge_url).netloc:  # the URL shows in titles and errors
+            raise SpecError("judge_url", "a name or password in the URL would be shown to everyone: give the key as "
+                                         "the judge's API key (judge_api_key; --judge-api-key-env from a terminal)")
         if not self.rubric.strip():
             raise SpecError("rubric", "give the name of a rubric")
         return self

@@ -74,7 +74,7 @@ def submit(spec: Any, *, start: bool = True, by: Optional[Actor] = None) -> int:
     try:
         accounts.require(by, "member", "starting a job")
         _check_limits(spec, by)
-        _check_user_code(spec, by)
+        check_user_code(spec, by)
     except accounts.Denied as exc:
         audit.record(by, "submit", spec.title(), str(exc), ok=False)
         raise
@@ -148,7 +148,7 @@ def _check_limits(spec: Any, by: Actor) -> None:
                               "LLMDEV_MAX_QUEUED_PER_USER): wait for them to start, or cancel one")
 
 
-def _check_user_code(spec: Any, by: Actor) -> None:
+def check_user_code(spec: Any, by: Actor) -> None:
     """In a shared app (sign-in on), code a visitor names runs only where it can be
     confined (core/access/sandbox.py)."""
     if not by.in_app or by.account_id is None or not any(getattr(spec, f, None) for f in spec.user_code):

@@ -59,6 +59,8 @@ class ImportModelSpec(Spec):
         elif paths.confined():  # an app visitor's word that is no path: a Hub id (nothing on disk is looked at)
             if not HUB_ID.match(value):
                 raise ValueError(f"{value!r} is not a Hub id like 'gpt2' or 'owner/name'; a local path starts with / or ~")
+            if Path(value).exists():  # the worker would take it for a folder of its working directory
+                raise ValueError(paths.refusal(value))
             return value
         kind = source_kind(value)
         path = Path(value).expanduser().resolve()

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.access import paths
+from core.access import accounts, audit, masking, paths
+from core.access.accounts import Actor
 from core.data import registry as datasets
 from core.data.render import answer_example, prompt_example
 from core.jobs.run import BadInput, Run, store_samples
@@ -343,13 +344,22 @@ def try_rewards(spec: GRPOSpec, generate_answers: bool = True, rows: int = rewar
     return {"rows": [{"prompt": row["prompt"], "answer": t, "score": v} for row, t, v in zip(sample, texts, scores)], "types": types}
 
 
-def try_in_subprocess(spec: GRPOSpec, timeout_s: float = 600) -> dict[str, Any]:
+def try_in_subprocess(spec: GRPOSpec, by: Actor, timeout_s: float = 600) -> dict[str, Any]:
     """`try_rewards` with the policy's own answers, in a separate process (the app
-    loads no model for it)."""
+    loads no model for it), for `by`: a member or more; in a shared app only where user
+    code can be confined (as for a run: core/jobs/lifecycle.py). Denied otherwise."""
     import json
     import subprocess
     import sys
 
+    from core.jobs import lifecycle
+
+    try:
+        accounts.require(by, "member", "trying a reward file")
+        lifecycle.check_user_code(spec, by)
+    except accounts.Denied as exc:
+        audit.record(by, "try reward file", Path(spec.reward_file).name, str(exc), ok=False)
+        raise
     try:
         done = subprocess.run([sys.executable, "-m", "core.training.grpo", "try"], input=json.dumps(spec.to_dict()),
                               capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parents[2])
@@ -358,7 +368,8 @@ def try_in_subprocess(spec: GRPOSpec, timeout_s: float = 600) -> dict[str, Any]:
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return {"error": (done.stderr or done.stdout or "no output").strip().splitlines()[-1][-500:]}
+        said = (done.stderr.strip() or done.stdout.strip() or f"no output (exit {done.returncode})").splitlines()
+        return {"error": masking.one_line(said[-1], 500)}
 
 
 if __name__ == "__main__":  # python -m core.training.grpo try < SPEC.json  (what try_in_subprocess runs)

@@ -16,7 +16,7 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-OWNED = ("models", "datasets", "exports", "jobs")
+OWNED = ("models", "datasets", "exports", "jobs", "rubrics")
 
 
 def upgrade() -> None:
