@@ -161,7 +161,10 @@ BENCH_ACCOUNT = ("bench", "bench-password-1")
 
 def sign_in(page, port: int) -> None:
     """With sign-in on (--sign-in): the account's session, as a visitor gets it."""
-    if any(c["name"] == "llmdev_session" for c in page.context.cookies()):
+    def kept() -> bool:
+        return any(c["name"] == "llmdev_session" for c in page.context.cookies())
+
+    if kept():
         return  # signed in at an earlier round: the cookie keeps it, as for a visitor who comes back
     page.goto(f"http://127.0.0.1:{port}/")
     page.locator(".st-key-sign_in_name input").fill(BENCH_ACCOUNT[0])
@@ -171,7 +174,7 @@ def sign_in(page, port: int) -> None:
     # the page keeps the session in a cookie by a request of its own: a new page load
     # before that request is done (the next goto) would find no session
     deadline = time.monotonic() + 30
-    while not any(c["name"] == "llmdev_session" for c in page.context.cookies()):
+    while not kept():
         if time.monotonic() > deadline:
             raise RuntimeError("signed in, but the session cookie was never set")
         page.wait_for_timeout(200)

@@ -25,6 +25,7 @@ from core.models import registry as models
 from core.models.create import CreateModelSpec
 from storage.db import session
 from storage.tables import SignInSession, utcnow
+from ui import playground
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_without_a_session_only_the_sign_in_form_shows(app, monkeypatch):
     assert [t.value for t in app.title] == ["Sign in"] and "Your session has ended" in app.info[0].value
 
 
-def test_a_viewer_reads_but_starts_nothing_and_members_keep_to_their_own(app):
+def test_a_viewer_reads_but_starts_nothing_and_members_keep_to_their_own(app, monkeypatch):
     add_account("root", "admin")
     add_account("alice", "member")
     add_account("bob", "member")
@@ -85,6 +86,13 @@ def test_a_viewer_reads_but_starts_nothing_and_members_keep_to_their_own(app):
     app.switch_page("pages/3_Training.py").run()
     assert not [e.value for e in app.exception]
     assert any("starting jobs needs the member role" in c.value for c in app.sidebar.caption)
+    # a chat the page would not send (its input is disabled for a viewer): Streamlit discards it, nothing generated
+    app.switch_page("pages/6_Playground.py").run()
+    forged = app.chat_input(key="chat_prompt")
+    assert forged.disabled
+    forged.proto.disabled = False  # what a client that ignores `disabled` sends (AppTest refuses it otherwise)
+    forged.set_value("Hello").run()
+    assert not app.chat_message and not app.session_state["chat_history"]
     app.sidebar.button(key="sign_out").click().run()
     sign_in(app, "alice")
     app.switch_page("pages/1_Models.py").run()
@@ -96,6 +104,14 @@ def test_a_viewer_reads_but_starts_nothing_and_members_keep_to_their_own(app):
     with pytest.raises(accounts.Denied):
         models.delete(models.find("bobs").id, by=alice)
     assert models.find("bobs").status == "available"
+    # made a viewer while her Playground is open: the budget she changes next (drawn enabled) is refused
+    app.switch_page("pages/6_Playground.py").run()
+    before = playground.model_cache().budget  # the app's cache (this process's)
+    accounts.set_role("alice", "viewer", accounts.terminal())
+    monkeypatch.setattr(accounts, "CACHE_S", 0.0)
+    app.number_input(key="pg_budget").set_value(app.number_input(key="pg_budget").value + 1).run()
+    assert "Changing the memory budget needs the member role." in [e.value for e in app.error]
+    assert playground.model_cache().budget == before
 
 
 def test_a_path_outside_the_allowed_folders_is_refused_on_the_datasets_page(app, tmp_path):

@@ -91,8 +91,9 @@ def can_run() -> bool:
 
 def refused(doing: str) -> bool:
     """True, with the reason on the page, when this visitor may not do what starts or
-    uses compute (`doing`). For the handlers of widgets a viewer sees disabled: a
-    disabled widget is the browser's promise, this is the server's."""
+    uses compute (`doing`). For on_change/on_click callbacks: Streamlit discards a value
+    sent for a widget this run draws disabled, but runs a callback when the previous run
+    drew its widget enabled (a member made a viewer since, the page still open)."""
     if can_run():
         return False
     st.error(f"{doing} needs the member role.")

@@ -18,19 +18,11 @@ from core.data.render import SFT_FORMATS, render_segments
 from core.format import human_count
 from core.models import registry as models
 from storage.db import data_home
-from ui import access
-
-
-def _member_uploads() -> None:
-    """Checked here, not only by the uploader's `disabled`: a viewer's upload keeps nothing."""
-    if access.refused("Uploading a file"):
-        st.stop()
 
 
 def save_upload(upload, kind: str = "") -> Path:
     """Keep an uploaded file under the data home's uploads/ (a job reads it from there;
     the app may: core/access/paths.py), in `kind`'s folder ("code": reward files)."""
-    _member_uploads()
     folder = paths.uploads() / kind if kind else paths.uploads()
     folder.mkdir(parents=True, exist_ok=True)
     name = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in Path(upload.name).name)[-100:]  # no markup, no ../
@@ -52,7 +44,6 @@ def save_folder_zip(upload, kind: str) -> Path:
     import shutil
     import zipfile
 
-    _member_uploads()
     try:
         archive = zipfile.ZipFile(io.BytesIO(upload.getvalue()))
     except zipfile.BadZipFile:

@@ -311,7 +311,7 @@ def chat_tab(choices) -> list[Reply]:
                 st.markdown(inert_markdown(msg["content"]))
     prompt = st.chat_input(f"Message {row.name}", key="chat_prompt", submit_mode="stop", disabled=picked is None or not access.can_run())
     pending = []
-    if prompt and picked is not None and not access.refused("Chatting"):
+    if prompt and picked is not None:
         system, settings = picked
         turns = [(u["content"], a["content"]) for u, a in zip(history[::2], history[1::2])]
         msg = _new_reply(row, system, settings)
@@ -349,7 +349,7 @@ def side_by_side_tab(choices) -> list[Reply]:
                 show_reply(msg)
     prompt = st.chat_input("Send to both models", key="sbs_prompt", submit_mode="stop", disabled=picked is None or not access.can_run())
     pending = []
-    if prompt and picked is not None and not access.refused("Chatting"):
+    if prompt and picked is not None:
         system, settings = picked
         msgs = [_new_reply(row, system, settings) for row in (a, b)]
         turns = [[(t["prompt"], t["replies"][i]["content"]) for t in history] for i in (0, 1)]

@@ -273,7 +273,7 @@ def score_box() -> None:
     name = st.selectbox("Reward model", list(by_name), key="rl_score_model")
     prompt = st.text_area("Prompt", key="rl_score_prompt", height=80)
     response = st.text_area("Answer", key="rl_score_response", height=120)
-    if st.button("Score", key="rlhf_score", disabled=not (prompt and response) or not access.can_run()) and not access.refused("Scoring"):
+    if st.button("Score", key="rlhf_score", disabled=not (prompt and response) or not access.can_run()):
         row = by_name[name]
         with st.spinner(f"Loading '{name}'…"):
             model, tokenizer = _reward_model(row.id, row.path)

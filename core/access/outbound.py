@@ -33,8 +33,9 @@ def _bad_address(ip: ipaddress._BaseAddress) -> Optional[str]:
         inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if inner is None and ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if inner is not None and _bad_address(inner):
-            return _bad_address(inner)
+        why = _bad_address(inner) if inner is not None else None
+        if why:
+            return why
     if ip in METADATA_ADDRESSES:
         return "a cloud metadata service"
     if ip.is_link_local:

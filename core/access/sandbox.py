@@ -105,9 +105,10 @@ def command(folder: Path, python_args: list[str], read_only: tuple[Path, ...] = 
     """The command that runs `python python_args...` confined to `folder` (bubblewrap
     when it works here, else the interpreter alone)."""
     python = [sys.executable, "-I", "-B", *python_args]  # -I: no PYTHON* variables, no user site; -B: no .pyc written
-    why = isolation()
-    if why is not None:
-        refuse_unconfined(why)
+    if isolation() is not None:
+        why = refusal()
+        if why is not None:
+            raise UserCodeError(why, limit="confinement")
         return python
     cmd = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
            "--proc", "/proc", "--dev", "/dev"]
@@ -124,16 +125,20 @@ def command(folder: Path, python_args: list[str], read_only: tuple[Path, ...] = 
     return cmd + python
 
 
-def refuse_unconfined(why: str) -> None:
-    """UserCodeError when user code would run unconfined on a shared platform (see the top)."""
-    if os.environ.get("LLMDEV_USER_CODE_UNCONFINED", "").strip() == "1":
-        return
+def refusal() -> Optional[str]:
+    """Why user code may not run here, or None: it cannot be confined (`isolation`), the
+    platform is shared (sign-in is on) and whoever started this process did not take the
+    risk (LLMDEV_USER_CODE_UNCONFINED=1). The one rule for the app at submit and for
+    every process that would start user code (see the top)."""
+    why = isolation()
+    if why is None or os.environ.get("LLMDEV_USER_CODE_UNCONFINED", "").strip() == "1":
+        return None
     from core.access import accounts
 
-    if accounts.sign_in_on():
-        raise UserCodeError(f"this machine cannot confine user code ({why}), and sign-in is on, so it does not run "
-                            "it: install bubblewrap where the job runs (or set LLMDEV_USER_CODE_UNCONFINED=1 there)",
-                            limit="confinement")
+    if not accounts.sign_in_on():
+        return None
+    return (f"this machine cannot confine user code ({why}), and sign-in is on, so it does not run it: "
+            "install bubblewrap where the job runs (or set LLMDEV_USER_CODE_UNCONFINED=1 there)")
 
 
 def environment(folder: Path) -> dict[str, str]:

@@ -155,10 +155,9 @@ def check_user_code(spec: Any, by: Actor) -> None:
         return
     from core.access import sandbox
 
-    why = sandbox.isolation()
+    why = sandbox.refusal()
     if why is not None:
-        raise accounts.Denied(f"this machine cannot confine user code ({why}), so the app does not run it: "
-                              "ask an admin to install bubblewrap, or run the job from a terminal")
+        raise accounts.Denied(why)
 
 
 _lanes: dict[tuple, str] = {}
