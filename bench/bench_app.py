@@ -186,11 +186,13 @@ def watch_training(page, port: int, signed_in: bool = False):
             sign_in(page, port)
         page.goto(f"http://127.0.0.1:{port}/Training")
         page.get_by_role("tab", name="Runs").click()
-        page.get_by_test_id("stMetric").filter(has_text="Step").first.wait_for(timeout=60_000)
+        # a live run's Step is drawn by the page's live component (ui/live.py), an ended one's by st.metric
+        step = page.locator('.figure[data-label="Step"] .value').or_(page.get_by_test_id("stMetric").filter(has_text="Step"))
+        step.first.wait_for(timeout=60_000)
 
         def shown_step():
             try:
-                text = page.get_by_test_id("stMetric").filter(has_text="Step").first.inner_text(timeout=2000)
+                text = step.first.inner_text(timeout=2000)
             except Exception:
                 return None
             m = re.search(r"(\d+)\s*/", text)

@@ -168,9 +168,11 @@ def assert_live_api(port: int) -> None:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
-    assert get("") == (200, {"state": live.state()})
-    assert get("?job=1") == (200, {"state": live.state(1)})
+    assert get("") == (200, live.answer())
+    assert get("?job=1") == (200, live.answer(1))
     assert live.state(1) != live.state()
+    status, body = get("?job=1&view=1")  # a run panel's numbers, drawn by its live component
+    assert status == 200 and body["view"]["figures"][0] == ["Status", "succeeded"] and body["view"]["line"].startswith("100% · "), body
     assert get("?job=one") == (400, {"error": "job must be a job id (a number), not 'one'"})
     assert get("?job=99") == (404, {"error": "there is no job 99"})
 
@@ -184,6 +186,8 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
     server = start_server(port)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        reruns = []  # what the page sends the server: rerun requests, widget values
+        page.on("websocket", lambda ws: ws.on("framesent", lambda frame: reruns.append(frame)))
         page.goto(f"http://127.0.0.1:{port}/Datasets")
         page.get_by_role("tab", name="Import").click()
         expect(page.get_by_text("All 334 rows are valid (instruction).")).to_be_visible()
@@ -196,16 +200,29 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
 
         page.get_by_test_id("stSidebar").get_by_role("link", name="Training", exact=True).click()
         expect(page.get_by_role("heading", name="Fine-tuning")).to_be_visible()
-        page.locator(".st-key-sft_steps_quick input").fill("40")
+        page.locator(".st-key-sft_steps_quick input").fill("150")
         page.locator(".st-key-sft_steps_quick input").press("Enter")
         page.get_by_role("button", name="Start training").click()
         expect(page.get_by_text("Started job 3")).to_be_visible()
         # the page follows: the Runs tab opens on the run just started
         expect(page.get_by_role("tab", name="Runs")).to_have_attribute("aria-selected", "true")
+        # while it runs, its numbers move at each poll, drawn by the live component,
+        # with far fewer reruns of the panel (each costs the browser) than steps shown
+        shown = []
+        reruns.clear()
+        live_step = page.locator('.figure[data-label="Step"] .value')
+        while jobs.get(3).status in jobs.ACTIVE:
+            text = live_step.all_inner_texts()
+            if text and (not shown or shown[-1] != text[0]):
+                shown.append(text[0])
+                if len(shown) == 4:
+                    page.screenshot(path=str(ARTIFACTS / "training-live.png"), full_page=True)
+            page.wait_for_timeout(200)
+        assert len(shown) >= 4 and len(reruns) < len(shown) / 2, (shown, len(reruns))
         # the loss chart fills in while the run goes, and the run ends well
         expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()
         expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
-        expect(page.get_by_test_id("stMetric").filter(has_text="Step").first).to_contain_text("40/40")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Step").first).to_contain_text("150/150")
         page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
     finally:
         stop_server(server)

@@ -10,7 +10,6 @@ from core import charts
 from core.access import accounts
 from core.data import registry as datasets
 from core.export.merge import MergeAdapterSpec
-from core.format import human_seconds
 from core.jobs import lifecycle as jobs
 from core.models import registry as models
 from core.kinds import traits
@@ -106,9 +105,12 @@ def follow(tab_key: str = "train_tab", pick_key: str = "train_pick") -> None:
 
 
 LIVE_REFRESH_S = 30.0
-"""A live run panel reruns when its run takes a step or logs a point, else after
-this long (for the elapsed time). Each rerun costs the browser, and so the job,
-CPU (bench/README.md, "With the app open")."""
+"""A live run panel reruns at least this often (for the other jobs' elapsed times)."""
+CHART_EVERY_S = 10.0
+"""A live run panel reruns when its run took a step or logged a point, at most this
+often (at once when a job starts or ends or the run's status changes): each rerun
+costs the browser, and so the job, CPU (bench/README.md, "With the app open").
+Its numbers move at every poll in between (ui.live)."""
 MORE_CHARTS_EVERY_S = 30.0
 """While a run is live, the panels beyond the loss are redrawn at most this often."""
 
@@ -128,9 +130,9 @@ def _resumed_at(job_id: int) -> list[int]:
 def run_panel(job_id: int) -> bool:
     """One training run, live: progress, charts (with the runs it resumed),
     controls, and the other active jobs. Returns whether it is live; a live
-    panel is the page's only refreshing part (it reruns when its run takes a
-    step or logs a point, and reruns the page when a job starts or ends), so the
-    page draws no separate jobs panel."""
+    panel is the page's only refreshing part (its numbers move at each poll, it
+    reruns for its chart at most every CHART_EVERY_S, and reruns the page when a
+    job starts or ends), so the page draws no separate jobs panel."""
     job = jobs.get(job_id)
     active = job.status in jobs.ACTIVE
     watch = live.jobs_watcher()
@@ -141,28 +143,23 @@ def run_panel(job_id: int) -> bool:
             st.rerun()
         if active:
             watch()
-            live.follow(job_id, refresh_s=LIVE_REFRESH_S)
             for other in jobs.list_jobs(limit=50):
                 if other.status in jobs.ACTIVE and other.id != job_id:
                     common.progress_line(other)
+            # the numbers move at each poll, drawn by the live component; the panel
+            # (the chart) reruns at most every CHART_EVERY_S
+            live.follow(job_id, refresh_s=LIVE_REFRESH_S, view=True, min_rerun_s=CHART_EVERY_S)
         job = jobs.get(job_id)
-        p = jobs.progress(job)
-        cols = st.columns(5)
-        cols[0].metric("Status", job.status)
-        cols[1].metric("Step", f"{p.step}/{p.total or '?'}" if job.status != "queued" else "queued")
-        cols[2].metric("Elapsed", human_seconds(p.elapsed_s))
-        cols[3].metric("ETA", human_seconds(p.eta_s) if p.eta_s is not None else "-")
-        # the first panel (the loss; the reward in RL) follows every logged step (a
+        # the first panel (the loss; the reward in RL) follows the logged steps (a
         # Vega-Lite chart: the browser adds the new points); the Plotly panels,
         # redrawn from scratch, every 30 s and only when asked for while live
         panels = traits(job.kind).panels
-        series, chart = common.live_figure(job_id, f"train_live_{job_id}", lambda s: charts.live_chart(s, panels[0], _resumed_at(job_id)))
-        main = series.get(panels[0][1][0]) or []
-        cols[4].metric(panels[0][1][0].replace("_", " ").capitalize(), f"{main[-1][1]:.3f}" if main else "-")
-        if active:  # text: a progress bar costs the browser at each rerun (bench/README.md)
-            st.caption(f"{p.fraction or 0:.0%} · {p.message}")
-        else:
-            st.progress(p.fraction or 0.0, text=p.message)
+        _, chart = common.live_figure(job_id, f"train_live_{job_id}", lambda s: charts.live_chart(s, panels[0], _resumed_at(job_id)))
+        if not active:
+            view = live.figures(job)
+            for col, (label, value) in zip(st.columns(len(view["figures"])), view["figures"]):
+                col.metric(label, value)
+            st.progress(jobs.progress(job).fraction or 0.0, text=jobs.progress(job).message)
         if job.error:
             (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error or ""))
         if chart is not None:

@@ -560,6 +560,18 @@ def metrics_signature(job_id: int) -> tuple[int, int]:
     return int(count), int(newest or 0)
 
 
+def last_metric(job_id: int, name: str) -> Optional[float]:
+    """The newest value of one metric of a job, else of the runs it resumed."""
+    while job_id is not None:
+        with session() as s:
+            value = s.scalar(select(Metric.value).where(Metric.job_id == job_id, Metric.name == name)
+                             .order_by(Metric.step.desc(), Metric.id.desc()).limit(1))
+            if value is not None:
+                return value
+            job_id = s.scalar(select(Job.resumed_from).where(Job.id == job_id))
+    return None
+
+
 def metrics_with_history(job_id: int) -> dict[str, list[tuple[int, float]]]:
     """A job's metrics preceded by those of the runs it resumed, up to where it
     took over: the loss curve continues across a pause."""
