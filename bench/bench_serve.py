@@ -145,7 +145,7 @@ def main() -> None:
             "core serve (onnx)": (f"http://127.0.0.1:{ours_port}/v1", "starter-onnx"),
             "transformers serve": (f"http://127.0.0.1:{hf_port}/v1", str(folder)),
         }
-        for name, (base, model) in targets.items():  # warm up: first requests build caches
+        for base, model in targets.values():  # warm up: first requests build caches
             asyncio.run(measure(base, model, 2, 1, 8))
         rows: dict[tuple[str, int], dict] = {}
         for n in counts:

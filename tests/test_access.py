@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-import urllib.request
 from datetime import timedelta
 
 import pytest

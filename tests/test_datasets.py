@@ -164,11 +164,11 @@ def test_samples_import_with_splits_and_token_stats(home):
     model = jobs.wait(jobs.submit(CreateModelSpec(name="tok", size="tiny")), timeout_s=120)
     assert model.status == "succeeded"
     ids = {}
-    for file, (name, fmt) in files.SAMPLE_FILES.items():
+    for file, (name, _) in files.SAMPLE_FILES.items():
         ids[name] = jobs.submit(ImportDatasetSpec(path=str(files.SAMPLES / file), name=name))
-    for name, job_id in ids.items():
+    for job_id in ids.values():
         assert jobs.wait(job_id, timeout_s=120).status == "succeeded", jobs.get(job_id).log_tail
-    for file, (name, fmt) in files.SAMPLE_FILES.items():
+    for name, fmt in files.SAMPLE_FILES.values():
         row = datasets.find(name)
         assert row.format == fmt and row.num_rows >= 300
         splits = datasets.load(row)

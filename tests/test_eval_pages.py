@@ -19,7 +19,7 @@ from test_eval import ok, setup  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
-def page(setup):
+def page(setup):  # noqa: F811  (the fixture imported above)
     st.cache_resource.clear()
     at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
     at.run()

@@ -189,7 +189,7 @@ def run_eval_generation(spec: EvalGenerationSpec, run: Run) -> dict[str, Any]:
     def score(model, tokenizer, tick):
         prompts = prompts_of(data_row.format, rows, tokenizer)
         samples, outputs, references, counts = [], [], [], {}
-        for (i, question, text, reference, _), output in answers(model, tokenizer, prompts, spec, tick, counts):
+        for (i, question, _text, reference, _), output in answers(model, tokenizer, prompts, spec, tick, counts):
             scores = scoring.sample_scores(output, reference)
             samples.append({"idx": i, "prompt": question, "reference": reference, "output": output, "scores": scores})
             outputs.append(output)
