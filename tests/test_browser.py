@@ -132,13 +132,13 @@ def test_create_model_in_the_browser_and_survive_a_restart(home, browser):
         expect(page.get_by_text("Model 'browser-tiny' is ready")).to_be_visible()
         expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
 
-        # an idle page asks the server what changed about once a second and does
+        # an idle page asks the server what changed every 2 s and does
         # not rerun (not even every 10 s: no elapsed time is shown), so nothing is
         # re-sent to the browser while nothing moves
         page.wait_for_timeout(1000)  # (Playwright's events arrive while it waits)
         polls.clear(), reruns.clear()
         page.wait_for_timeout(11_000)
-        assert len(polls) >= 8 and reruns == [], (polls, reruns)
+        assert len(polls) >= 4 and reruns == [], (polls, reruns)
         assert_live_api(port)
 
         # a job started elsewhere (here: this test process) shows up on the open
@@ -200,7 +200,7 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
 
         page.get_by_test_id("stSidebar").get_by_role("link", name="Training", exact=True).click()
         expect(page.get_by_role("heading", name="Fine-tuning")).to_be_visible()
-        page.locator(".st-key-sft_steps_quick input").fill("150")
+        page.locator(".st-key-sft_steps_quick input").fill("250")
         page.locator(".st-key-sft_steps_quick input").press("Enter")
         page.get_by_role("button", name="Start training").click()
         expect(page.get_by_text("Started job 3")).to_be_visible()
@@ -218,11 +218,11 @@ def test_import_a_sample_and_train_with_lora_in_the_browser(home, browser):
                 if len(shown) == 4:
                     page.screenshot(path=str(ARTIFACTS / "training-live.png"), full_page=True)
             page.wait_for_timeout(200)
-        assert len(shown) >= 4 and len(reruns) < len(shown) / 2, (shown, len(reruns))
+        assert len(shown) >= 4 and len(reruns) < len(shown), (shown, len(reruns))
         # the loss chart fills in while the run goes, and the run ends well
         expect(page.locator('[data-testid="stVegaLiteChart"]:visible').first).to_be_visible()
         expect(page.get_by_test_id("stMetric").filter(has_text="Status").first).to_contain_text("succeeded")
-        expect(page.get_by_test_id("stMetric").filter(has_text="Step").first).to_contain_text("150/150")
+        expect(page.get_by_test_id("stMetric").filter(has_text="Step").first).to_contain_text("250/250")
         page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
     finally:
         stop_server(server)

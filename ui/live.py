@@ -36,8 +36,9 @@ from core.jobs import lifecycle as jobs
 from core.kinds import traits
 from ui import access
 
-POLL_S = 1.0
-"""How often an open page asks the server."""
+POLL_S = 2.0
+"""How often an open page asks the server (each poll wakes the browser and the app, and so
+interrupts a job sharing their cores: bench/README.md, "With the app open")."""
 FALLBACK_S = 2.0
 """Without the API (the app started as `streamlit run Home.py`), a panel reruns this often."""
 
@@ -47,7 +48,8 @@ export default function ({ data, parentElement, setTriggerValue }) {
   const live = parentElement.__live || (parentElement.__live = {});
   Object.assign(live, { data, trigger: setTriggerValue, drawnAt: Date.now(), sentAt: 0 });
   const show = (view) => {
-    // the run's moving numbers, as text (never markup: a message is the job's words)
+    // the run's moving numbers, as text (never markup: a message is the job's words);
+    // only what changed is written, so an unchanged number costs the browser no redraw
     if (!view) return;
     let root = parentElement.querySelector(".figures");
     if (!root) {
@@ -55,21 +57,29 @@ export default function ({ data, parentElement, setTriggerValue }) {
       root.className = "figures";
       parentElement.appendChild(root);
     }
-    const cells = view.figures.map(([label, value]) => {
-      const cell = document.createElement("div"), l = document.createElement("div"), v = document.createElement("div");
-      cell.className = "figure";
-      cell.dataset.label = label;
-      l.className = "label";
-      l.textContent = label;
-      v.className = "value";
-      v.textContent = value;
-      cell.append(l, v);
-      return cell;
+    const wanted = [...view.figures, ["", view.line]];
+    if (root.children.length !== wanted.length
+        || wanted.some(([label], i) => root.children[i].dataset.label !== label)) {
+      root.replaceChildren(...wanted.map(([label]) => {
+        const cell = document.createElement("div");
+        cell.dataset.label = label;
+        if (label) {
+          cell.className = "figure";
+          const l = document.createElement("div"), v = document.createElement("div");
+          l.className = "label";
+          l.textContent = label;
+          v.className = "value";
+          cell.append(l, v);
+        } else {
+          cell.className = "line";
+        }
+        return cell;
+      }));
+    }
+    wanted.forEach(([label, value], i) => {
+      const target = label ? root.children[i].lastChild : root.children[i];
+      if (target.textContent !== value) target.textContent = value;
     });
-    const line = document.createElement("div");
-    line.className = "line";
-    line.textContent = view.line;
-    root.replaceChildren(...cells, line);
   };
   show(data.view);
   const stop = () => { clearInterval(live.timer); live.timer = null; };
