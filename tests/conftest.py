@@ -81,6 +81,37 @@ def _not_serving_visitors():
     paths.serve_visitors(False)
 
 
+FAST_FORBIDS = {"browser": "a browser", "ray": "a Ray cluster", "postgresql": "PostgreSQL"}
+"""What a test of the fast tier (pytest -m fast) may not need, by marker."""
+
+
+def pytest_collection_modifyitems(items):
+    """The PostgreSQL half of a backend test is marked postgresql. The fast tier
+    holds only what runs in seconds with no server: a test marked fast that is
+    also a browser, Ray or PostgreSQL test is a mistake in its marks."""
+    for item in items:
+        if getattr(item, "callspec", None) and item.callspec.params.get("backend") == "postgresql":
+            item.add_marker("postgresql")
+        if not item.get_closest_marker("fast"):
+            continue
+        needs = [what for marker, what in FAST_FORBIDS.items() if item.get_closest_marker(marker)]
+        if needs:
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but needs {' and '.join(needs)}")
+
+
+@pytest.fixture(autouse=True)
+def _fast_starts_no_job(request, monkeypatch):
+    """A test of the fast tier fails if it starts a job process (that takes seconds
+    of CPU and belongs in the whole suite)."""
+    if request.node.get_closest_marker("fast"):
+        from core.jobs import lifecycle
+
+        def refuse(job_id: int):
+            pytest.fail(f"a test marked fast started job {job_id} in a process: take its fast mark off")
+
+        monkeypatch.setattr(lifecycle, "worker_command", refuse)
+
+
 def add_account(name: str, role: str, password: str = "password-1234"):
     """An account made as the CLI makes it (the first one must be an admin)."""
     from core.access import accounts

@@ -46,6 +46,7 @@ def test_the_first_account_is_an_admin_and_passwords_are_hashed(home, backend):
         accounts.remove("root", accounts.terminal())
 
 
+@pytest.mark.fast
 def test_sign_in_sessions_sign_out_and_disabled_accounts(home, monkeypatch):
     monkeypatch.setattr(accounts, "CACHE_S", 0.0)  # every check reads the database
     add_account("root", "admin")
@@ -80,6 +81,7 @@ def test_sign_in_sessions_sign_out_and_disabled_accounts(home, monkeypatch):
     assert ("alice", "sign in", True) in actions and ("alice", "sign out", True) in actions
 
 
+@pytest.mark.fast
 def test_repeated_failures_are_slowed_down(home):
     add_account("root", "admin")
     for _ in range(accounts.FREE_FAILURES):
@@ -271,6 +273,7 @@ def as_app_member(home) -> accounts.Actor:
 # --- outbound requests and secrets ------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_outbound_requests_refuse_metadata_and_link_local_addresses():
     for url in ("http://169.254.169.254/latest/meta-data", "http://[fe80::1]:8000/v1", "http://metadata.google.internal/x",
                 "http://169.254.10.20:8265", "http://0.0.0.0:8000/v1", "file:///etc/passwd", "ftp://host/x",
@@ -337,6 +340,7 @@ def test_the_judge_keeps_its_key_from_other_hosts_and_remote_errors_short():
         redirector.shutdown()
 
 
+@pytest.mark.fast
 def test_secrets_are_masked_everywhere(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://llm:pa55word-xyz@db.example:5432/llm")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-0123456789")
@@ -349,6 +353,7 @@ def test_secrets_are_masked_everywhere(monkeypatch):
     assert masking.one_line("a\nb\n" * 1000).count("\n") == 0
 
 
+@pytest.mark.fast
 def test_a_database_url_with_a_password_that_cannot_connect_is_never_shown(home, monkeypatch):
     import streamlit as st
     from streamlit.testing.v1 import AppTest

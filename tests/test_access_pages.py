@@ -114,6 +114,7 @@ def test_a_viewer_reads_but_starts_nothing_and_members_keep_to_their_own(app, mo
     assert playground.model_cache().budget == before
 
 
+@pytest.mark.fast
 def test_a_path_outside_the_allowed_folders_is_refused_on_the_datasets_page(app, tmp_path):
     add_account("root", "admin")
     secret = tmp_path / "secret.jsonl"

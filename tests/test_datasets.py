@@ -43,6 +43,7 @@ def write(tmp_path, name, content):
     return path
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name,content,expected", BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_rows_are_reported_by_line(tmp_path, name, content, expected):
     norm = files.normalize(files.read_file(write(tmp_path, name, content)))
@@ -52,6 +53,7 @@ def test_bad_rows_are_reported_by_line(tmp_path, name, content, expected):
     assert len(norm.rows) == 1 and norm.lines == [2 if name.endswith(".csv") else 1]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "name,content,message",
     [
@@ -66,12 +68,14 @@ def test_unreadable_files_say_why(tmp_path, name, content, message):
         files.read_file(write(tmp_path, name, content))
 
 
+@pytest.mark.fast
 def test_wrong_format_names_the_missing_columns(tmp_path):
     parsed = files.read_file(write(tmp_path, "x.jsonl", '{"text": "a"}\n'))
     with pytest.raises(files.DatasetError, match="format 'preference' needs column\\(s\\) prompt, chosen, rejected"):
         files.normalize(parsed, "preference")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "columns,fmt",
     [
@@ -88,6 +92,7 @@ def test_format_detection(columns, fmt):
     assert files.detect_format(columns) == fmt
 
 
+@pytest.mark.fast
 def test_alpaca_columns_are_mapped(tmp_path):
     path = write(tmp_path, "alpaca.json", json.dumps([{"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}]))
     norm = files.normalize(files.read_file(path))
@@ -129,6 +134,7 @@ def test_malformed_files_are_refused_before_a_job_starts(home, tmp_path, name, c
     assert jobs.list_jobs() == [] and datasets.list_datasets() == []
 
 
+@pytest.mark.fast
 def test_malformed_file_on_the_command_line_has_no_traceback(cli, tmp_path):
     for content in (b"", b"[" * 5000 + b"]" * 5000):
         path = write(tmp_path, "x.json", content)
@@ -136,6 +142,7 @@ def test_malformed_file_on_the_command_line_has_no_traceback(cli, tmp_path):
         assert out.returncode == 2 and out.stderr.startswith("error: path: ") and "Traceback" not in out.stderr
 
 
+@pytest.mark.fast
 def test_other_refusals_name_the_field(home, tmp_path):
     folder = tmp_path / "looks.jsonl"
     folder.mkdir()
@@ -222,6 +229,7 @@ def test_preview_matches_the_training_view(home):
     ]
 
 
+@pytest.mark.fast
 def test_line_numbers_of_multiline_csv_and_json_records(tmp_path):
     path = write(tmp_path, "m.csv", 'prompt,response\n"a\nlong\nprompt",ok\n"p",\n')
     norm = files.normalize(files.read_file(path))
@@ -231,6 +239,7 @@ def test_line_numbers_of_multiline_csv_and_json_records(tmp_path):
     assert str(files.normalize(files.read_file(path)).problems[0]) == "record 2: field 'text' is empty"
 
 
+@pytest.mark.fast
 def test_columns_seen_anywhere_are_mapped(tmp_path):
     rows = [{"prompt": f"p{i}", "response": "r"} for i in range(1500)] + [{"prompt": "p", "response": "r", "system": "Be brief."}]
     path = write(tmp_path, "late.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -238,6 +247,7 @@ def test_columns_seen_anywhere_are_mapped(tmp_path):
     assert norm.mapping.get("system") == "system" and norm.rows[-1]["system"] == "Be brief."
 
 
+@pytest.mark.fast
 def test_a_chat_needs_a_user_turn_and_a_bom_is_fine(tmp_path):
     path = write(tmp_path, "c.jsonl", '\ufeff{"messages": [{"role": "assistant", "content": "hi"}]}\n'.encode("utf-8"))
     norm = files.normalize(files.read_file(path), "chat")

@@ -89,6 +89,7 @@ def test_perplexity_equals_exp_mean_nll_from_plain_transformers(setup, home):
     assert sample["prompt"] == TEXT and sample["scores"]["tokens"] == len(ids) - 1
 
 
+@pytest.mark.fast
 def test_text_metrics_equal_the_libraries():
     import sacrebleu
     from rouge_score import rouge_scorer
@@ -258,6 +259,7 @@ def test_judge_with_a_registered_model_and_an_edited_rubric(setup):
     assert all("judge_reply" in r["extra"] for r in evals.samples(job.id))
 
 
+@pytest.mark.fast
 def test_parse_grade():
     assert judge.parse_grade('ok {"score": 4, "reasoning": "fine"}', 1, 5).score == 4
     assert judge.parse_grade("Score: 2.5", 1, 5).score == 2.5
@@ -271,6 +273,7 @@ def test_parse_grade():
     assert judge.parse_grade("We should upgrade 2 things.", 1, 5).error == "no score in the reply"
 
 
+@pytest.mark.fast
 def test_rubric_is_filled_in_one_pass_and_results_are_storable():
     rubric = judge.RubricText("r", "Q: {question} R: {reference} A: {answer} {\"score\": N}")
     assert rubric.fill("what is {answer}?", "ref", "{reference}!") == 'Q: what is {answer}? R: ref A: {reference}! {"score": N}'

@@ -112,6 +112,7 @@ def test_a_quantised_repository_serves_only_its_graph_and_both_at_once_is_refuse
     assert set(row.verification) == {"fp32", "int4"} and row.details["served"] == "int4"
 
 
+@pytest.mark.fast
 def test_the_text_models_pieces_keep_a_metaspace_tokenizers_spaces(tmp_path):
     """Llama- and Mistral-style tokenizers (Metaspace) drop the space at the start
     of a decoded text: the reply's pieces must still carry it. The decoder here

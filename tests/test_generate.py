@@ -64,6 +64,7 @@ def test_a_model_without_chat_template_gets_the_layout_it_was_fine_tuned_with(ti
     )
 
 
+@pytest.mark.fast
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="temperature: -1"):
         generate.Settings(temperature=-1)

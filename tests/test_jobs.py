@@ -69,6 +69,7 @@ def test_runtime_bad_input_fails_with_clear_error(home, backend, tmp_path):
     jobs.cancel(retry)
 
 
+@pytest.mark.fast
 def test_a_broken_input_file_is_refused_before_a_job_starts(home, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -237,6 +238,7 @@ def test_worker_runs_by_hand_on_a_queued_job(home, monkeypatch):
     assert models.find("by-hand").status == "available"
 
 
+@pytest.mark.fast
 def test_validation_failure_writes_nothing(home):
     with pytest.raises(ValueError, match="n_head: 3 heads do not divide hidden_size 64"):
         jobs.submit(CreateModelSpec(name="bad", size="tiny", n_head=3))

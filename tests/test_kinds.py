@@ -57,10 +57,12 @@ def judge_key(monkeypatch):
     monkeypatch.setenv("API_KEY", "sekrit")  # and --api-key-env
 
 
+@pytest.mark.fast
 def test_every_kind_has_an_example():
     assert set(EXAMPLES) == set(KINDS)
 
 
+@pytest.mark.fast
 def test_importing_the_table_and_every_spec_loads_no_ml_library():
     code = (
         "import sys, core.kinds, core.cli, core.spec\n"
@@ -72,6 +74,7 @@ def test_importing_the_table_and_every_spec_loads_no_ml_library():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_run_function_resolves_and_lives_with_its_spec(kind):
     entry = KINDS[kind]
@@ -80,6 +83,7 @@ def test_run_function_resolves_and_lives_with_its_spec(kind):
     assert entry.run.__module__ == entry.spec.__module__  # one kind, one file
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_traits_are_consistent(kind):
     cls = KINDS[kind].spec
@@ -100,6 +104,7 @@ def test_traits_are_consistent(kind):
         assert cls.doc(name), f"{kind}.{name} has no one-line doc"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_spec_round_trips_through_yaml(kind):
     spec = spec_class(kind)(**EXAMPLES[kind])
@@ -109,6 +114,7 @@ def test_spec_round_trips_through_yaml(kind):
     assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # spec.json
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_replay_command_parses_back_to_the_same_spec(kind):
     spec = spec_class(kind)(**EXAMPLES[kind])
@@ -119,11 +125,13 @@ def test_replay_command_parses_back_to_the_same_spec(kind):
     assert spec_from_args(args.spec_cls, args) == spec
 
 
+@pytest.mark.fast
 def test_lm_eval_replay_keeps_seed_and_batch_size():
     command = spec_class("eval_lm_eval")(**EXAMPLES["eval_lm_eval"]).replay()
     assert "--seed 3" in command and "--batch-size 2" in command
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "changes, field, says",
     [
@@ -143,6 +151,7 @@ def test_a_bad_field_is_refused_by_name(changes, field, says):
     assert caught.value.field == field and says in str(caught.value)
 
 
+@pytest.mark.fast
 def test_a_kind_this_version_lacks_reads_as_plain_traits():
     # a job row from another version sharing the database: listed, never trained, resumed or given a free slot
     gone = traits("dpo_from_the_future")
@@ -150,6 +159,7 @@ def test_a_kind_this_version_lacks_reads_as_plain_traits():
     assert traits("sft") is KINDS["sft"].spec
 
 
+@pytest.mark.fast
 def test_a_missing_field_and_an_unknown_kind_are_named():
     with pytest.raises(SpecError, match=r"^output_name: required \(Name of the new model"):
         spec_from_dict({"kind": "sft", "model": "base", "dataset": "d"})
@@ -183,6 +193,7 @@ def test_bad_fields_from_yaml_and_from_the_command_line(cli, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
+@pytest.mark.fast
 def test_a_form_names_the_bad_field(home):
     st.cache_resource.clear()
     app = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60).run()
@@ -195,6 +206,7 @@ def test_a_form_names_the_bad_field(home):
     st.cache_resource.clear()
 
 
+@pytest.mark.fast
 def test_form_widgets_take_choices_and_defaults_from_the_spec(home):
     from core.training.sft import SFTSpec
 

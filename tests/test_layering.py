@@ -37,26 +37,31 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
+@pytest.mark.fast
 def test_core_and_storage_never_import_streamlit():
     offenders = [rel(p) for pkg in ("core", "storage") for p in files(pkg) if "streamlit" in imported_roots(p)]
     assert offenders == []
 
 
+@pytest.mark.fast
 def test_storage_never_imports_torch_or_core():
     offenders = [rel(p) for p in files("storage") if imported_roots(p) & {"torch", "core", "ui", "transformers"}]
     assert offenders == []
 
 
+@pytest.mark.fast
 def test_core_never_imports_ui_or_pages():
     offenders = [rel(p) for p in files("core") if imported_roots(p) & {"ui", "pages"}]
     assert offenders == []
 
 
+@pytest.mark.fast
 def test_ui_is_used_only_by_pages():
     users = [rel(p) for pkg in ("core", "storage", "ui") for p in files(pkg) if "ui" in imported_roots(p) and pkg != "ui"]
     assert users == []
 
 
+@pytest.mark.fast
 def test_training_and_evaluation_keep_to_their_own():
     """Evaluation reads training runs only through what training shares
     (core.training.common); training never imports evaluation."""
@@ -68,6 +73,7 @@ def test_training_and_evaluation_keep_to_their_own():
     assert offenders == []
 
 
+@pytest.mark.fast
 def test_no_module_takes_another_modules_private_names():
     offenders = []
     for pkg in ("core", "ui", "pages"):
@@ -78,11 +84,13 @@ def test_no_module_takes_another_modules_private_names():
     assert offenders == []
 
 
+@pytest.mark.fast
 def test_the_stages_are_folders():
     stages = {p.name for p in (ROOT / "core").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     assert {"jobs", "models", "data", "training", "evaluation", "export", "inference"} <= stages
 
 
+@pytest.mark.fast
 def test_the_checker_sees_imports():
     # guard against a checker that passes because it parses nothing
     assert "streamlit" in imported_roots(ROOT / "Home.py")
@@ -104,6 +112,7 @@ def unnamed_actions(source: str) -> list[str]:
     return found
 
 
+@pytest.mark.fast
 def test_the_pages_act_as_the_signed_in_visitor():
     """Every action a page takes through core names who takes it (`by=`): a call
     without it would act as the machine's owner (core/access/accounts.py)."""
@@ -113,6 +122,7 @@ def test_the_pages_act_as_the_signed_in_visitor():
     assert unnamed_actions("jobs.cancel(3)\nmodels.delete(1, by=me)\nforms.submit(f)") == ["1 jobs.cancel"]
 
 
+@pytest.mark.fast
 def test_ruff_finds_nothing():
     """The linter (pyproject.toml's [tool.ruff]: pyflakes, syntax, bugbear) passes on the whole tree."""
     import shutil

@@ -40,6 +40,7 @@ def tiny(tmp_path_factory):
             db.dispose_engines()
 
 
+@pytest.mark.fast
 def test_local_tasks_are_listed_without_importing_lm_eval():
     import sys
 

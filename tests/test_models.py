@@ -37,6 +37,7 @@ def test_scratch_llama_loads_and_chats(home):
     assert models.lineage(row) == [f"tiny-llama (scratch: llama/tiny) by job {row.job_id}"]
 
 
+@pytest.mark.fast
 def test_small_preset_has_tens_of_millions_of_parameters():
     dims = CreateModelSpec(name="s", size="small").dims()
     # gpt2: 12*L*h^2 in the blocks + vocab*h embedding
@@ -64,6 +65,7 @@ def test_hub_import_offline_fails_fast_and_clearly(home):
     assert "(HF_HUB_OFFLINE is set)" in job.error
 
 
+@pytest.mark.fast
 def test_import_validation_names_the_problem(home, tmp_path):
     with pytest.raises(SpecError, match="source: .* has no config.json"):
         ImportModelSpec(source=str(tmp_path), name="x")

@@ -29,6 +29,7 @@ def no_exceptions(at: AppTest) -> None:
     assert [e.value for e in at.exception] == []
 
 
+@pytest.mark.fast
 def test_dashboard_empty(app):
     app.run()
     no_exceptions(app)
@@ -38,10 +39,12 @@ def test_dashboard_empty(app):
     assert any("cores" in m.value for m in app.markdown)
 
 
+@pytest.mark.fast
 def test_every_page_is_listed():
     assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(app, page):
     app.run()
@@ -76,6 +79,7 @@ def test_models_page_creates_a_model_and_shows_its_details(app):
     assert any("LlamaForCausalLM" in m.value for m in app.markdown)
 
 
+@pytest.mark.fast
 def test_models_page_shows_validation_errors_and_writes_nothing(app):
     app.run()
     app.switch_page("pages/1_Models.py").run()
@@ -156,6 +160,7 @@ def _datasets_page_on_a_bad_file(app, tmp_path) -> None:
     app.text_input(key="data_path").input(str(bad)).run()
 
 
+@pytest.mark.fast
 def test_datasets_page_reports_bad_rows_of_a_path(app, tmp_path):
     _datasets_page_on_a_bad_file(app, tmp_path)
     no_exceptions(app)
@@ -245,6 +250,7 @@ def test_a_queued_job_says_what_it_waits_for(app, monkeypatch):
     jobs.wait(first, timeout_s=120)
 
 
+@pytest.mark.fast
 def test_page_messages_name_the_pages_controls_not_cli_flags(app, tmp_path):
     _datasets_page_on_a_bad_file(app, tmp_path)
     app.button[[b.label for b in app.button].index("Import")].click().run()

@@ -42,6 +42,7 @@ def two(home, prepared):
 # --- stop strings and early stop -------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_visible_text_holds_back_what_could_start_a_stop_string():
     assert generate.visible_text("Hello wor", ["world"]) == ("Hello ", False)
     assert generate.visible_text("Hello world!", ["world"]) == ("Hello ", True)
@@ -198,6 +199,7 @@ def assistant_texts(at: AppTest) -> list[str]:
     return [m.markdown[-1].value for m in at.chat_message if m.name == "assistant"]
 
 
+@pytest.mark.fast
 def test_page_without_models_says_where_to_start(app):
     open_page(app)
     assert any("No models yet" in i.value for i in app.info)
@@ -236,6 +238,7 @@ def test_chat_streams_a_reply_with_stats_and_exports_it(app, tiny):
     assert any("No model is loaded" in c.value for c in app.sidebar.caption)
 
 
+@pytest.mark.fast
 def test_a_stopped_reply_says_so():
     from ui.playground import stats_line
 

@@ -30,6 +30,8 @@ from core.training.sft import SFTSpec
 from test_serving import start_server
 from test_triton_deploy import PROMPT, greedy
 
+pytestmark = pytest.mark.ray
+
 RAY = os.environ.get("LLMDEV_TEST_RAY_ADDRESS", "")
 FACTS = [("What colour is the sky?", "Blue."), ("How many legs has a cat?", "Four."),
          ("What do bees make?", "Honey."), ("Which way is up?", "Away from the ground.")]

@@ -179,6 +179,7 @@ def test_a_seed_gives_the_same_sample_and_sampling_follows_the_settings(served):
     assert len(samples | {greedy}) > 1  # unseeded temperature-1 samples are not all the greedy answer
 
 
+@pytest.mark.fast
 def test_per_request_sampling_in_one_batch_keeps_greedy_rows_greedy():
     """The manager takes the argmax of what `_cheap_sampling` leaves: a greedy row is
     untouched, a sampled row keeps exactly one token, top-p 0 keeps the best one."""
@@ -319,6 +320,7 @@ def test_the_onnx_backend_answers_as_pytorch_does_batched_and_seeded(served):
 # --- the service ---------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_a_non_loopback_address_needs_a_key():
     with pytest.raises(SpecError) as caught:
         ServeSpec(models=["tiny"], host="0.0.0.0")

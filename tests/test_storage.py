@@ -27,6 +27,7 @@ def test_migrations_create_schema_at_head(home, backend):
     db.migrate(db.get_engine())
 
 
+@pytest.mark.fast
 def test_sqlite_uses_wal_and_busy_timeout(home):
     with db.get_engine().connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -53,6 +54,7 @@ def test_rows_round_trip_with_utc_times_and_json(home, backend):
         assert [round(v, 3) for v in s.scalars(select(Metric.value).order_by(Metric.step))] == [1.0, 0.5, 0.333, 0.25, 0.2]
 
 
+@pytest.mark.fast
 def test_postgres_style_urls_get_a_driver(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db.example:5432/x")
     assert db.database_url() == "postgresql+psycopg://u:p@db.example:5432/x"

@@ -14,6 +14,7 @@ from core.training.sft import SFTSpec
 from test_training import tiny  # noqa: F401  (the fixture)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "cores, jobs_running, interactive, expected",
     [
@@ -38,6 +39,7 @@ def test_thread_choice_for_core_counts_and_loads(cores, jobs_running, interactiv
     assert ("shared by" in why) == (jobs_running > 1)
 
 
+@pytest.mark.fast
 def test_spec_and_setting_override_the_choice(monkeypatch):
     monkeypatch.delenv("LLMDEV_JOB_THREADS", raising=False)
     assert threads.for_job(0, 3).torch == 3 and threads.for_job(0, 3).reason == "set by the spec (threads)"
@@ -50,6 +52,7 @@ def test_spec_and_setting_override_the_choice(monkeypatch):
         config.check()
 
 
+@pytest.mark.fast
 def test_light_jobs_take_one_thread(home, monkeypatch):
     monkeypatch.delenv("LLMDEV_JOB_THREADS", raising=False)
     chosen = threads.for_job(0, light=True)
@@ -110,6 +113,7 @@ def test_the_tuner_leaves_a_core_to_a_busy_neighbour_and_takes_it_back(monkeypat
     assert applied[-1] == cores and "torch threads:" in lines[0]
 
 
+@pytest.mark.fast
 def test_a_fixed_count_is_kept():
     for tuner in (threads.Tuner(threads.for_job(0, 1), every_s=0.0),  # set by the spec
                   threads.Tuner(threads.Choice(torch=1, cores=2, reason="2 cores"), every_s=0.0, processes=2)):  # a DDP rank

@@ -67,6 +67,7 @@ def loss_fell(job_id: int) -> tuple[float, float]:
 METHODS = ["full", "lora", "qlora"]
 
 
+@pytest.mark.fast
 def test_qlora_is_refused_where_it_cannot_run():
     why = qlora_unavailable()
     if not why:

@@ -106,6 +106,7 @@ def check_report(report: dict, outside: Path, home: Path, listener: Listener, li
     assert "pa55word" not in report["proc_environ"] and report["database_visible"] is False
 
 
+@pytest.mark.fast
 def test_a_hostile_reward_file_sees_no_secret_and_reaches_nothing(home, tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://llm:pa55word-xyz@127.0.0.1:1/llm")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-0123456789")
@@ -118,6 +119,7 @@ def test_a_hostile_reward_file_sees_no_secret_and_reaches_nothing(home, tmp_path
     check_report(json.loads((folder / "report.json").read_text()), outside, home, listener, lines)
 
 
+@pytest.mark.fast
 def test_limits_name_themselves(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMDEV_USER_CODE_CPU_S", "1")
     monkeypatch.setenv("LLMDEV_USER_CODE_MEMORY_MB", "1024")
