@@ -400,3 +400,11 @@ def test_users_and_audit_from_the_cli(cli, home):
     trail = json.loads(run("audit", "--json").stdout)
     assert [e["action"] for e in trail][:4] == ["delete account", "disable account", "set role", "add account"]
     assert all(e["user"].endswith("(terminal)") for e in trail)
+
+
+@pytest.mark.fast
+def test_which_addresses_are_this_machine_only():
+    from core.network import loopback
+
+    assert all(loopback(a) for a in ("127.0.0.1", "127.0.0.2", "localhost", " LOCALHOST ", "::1", "[::1]"))
+    assert not any(loopback(a) for a in (None, "", "0.0.0.0", "::", "[::]", "10.0.0.1", "example.com"))

@@ -74,6 +74,16 @@ def test_training_and_evaluation_keep_to_their_own():
 
 
 @pytest.mark.fast
+def test_the_job_machinery_never_imports_the_kinds_that_run_on_it():
+    """core/jobs (submit, queue, run on Ray) stands below the stages that define
+    kinds: it reaches the registries, never training, evaluation, export or serving."""
+    kinds = ("core.training", "core.evaluation", "core.export.onnx", "core.export.merge", "core.export.triton_repo",
+             "core.serving", "core.models.create", "core.models.importer", "core.data.importer")
+    offenders = [f"{rel(p)} -> {m}" for p in files("core/jobs") for m, _ in imports(p) if m.startswith(kinds)]
+    assert offenders == []
+
+
+@pytest.mark.fast
 def test_no_module_takes_another_modules_private_names():
     offenders = []
     for pkg in ("core", "ui", "pages"):

@@ -10,7 +10,6 @@ request after a reload, and by GET /api/live), so a refresh does not sign out.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Optional
@@ -22,6 +21,7 @@ from starlette.routing import Route
 
 from core.access import accounts, paths
 from core.access.accounts import Actor
+from core.network import loopback
 
 COOKIE = "llmdev_session"
 TOKEN_KEY = "_session_token"
@@ -40,18 +40,6 @@ _cookie = st.components.v2.component("llmdev_session", js=_JS)
 
 
 # --- who is looking ------------------------------------------------------------------------
-
-
-def loopback(address: Optional[str]) -> bool:
-    """Whether a server bound to `address` is reachable from this machine only."""
-    if not address:
-        return False  # Streamlit's default: every interface
-    if address.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def open_without_sign_in() -> Optional[str]:

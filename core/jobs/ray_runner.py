@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from core import config
+from core.network import loopback
 from storage.db import data_home, database_url
 
 ADDRESS_ENV = "LLMDEV_RAY_ADDRESS"
@@ -272,8 +273,6 @@ def check(spec) -> None:
 
 
 def _loopback_only(spec) -> bool:
-    from core.serving.service import loopback
-
     return loopback(getattr(spec, "host", "127.0.0.1"))
 
 

@@ -16,7 +16,6 @@ which every /v1 request must then send as `Authorization: Bearer <key>`.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import threading
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from core.jobs.run import BadInput, Cancelled, Run
+from core.network import loopback
 from core.spec import Output, Spec, SpecError
 
 
@@ -115,15 +115,6 @@ class ServeSpec(Spec):
             problem = port_problem(self.host, self.port)
             if problem:
                 raise SpecError("port", problem)
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def url_host(host: str) -> str:

@@ -42,7 +42,8 @@ from typing import Any, Callable, ClassVar, Optional
 from pydantic import Field, model_validator
 
 from core.jobs.run import BadInput, Cancelled, Run
-from core.serving.service import loopback, port_problem
+from core.network import loopback
+from core.serving.service import port_problem
 from core.spec import Output, Spec, SpecError
 
 PACKAGES = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime==1.32.0", "tokenizers==0.23.3")
