@@ -151,6 +151,17 @@ class Spec(BaseModel):
         """Whether this job runs in the light lane (see `light`)."""
         return self.light
 
+    def resolved(self) -> dict[str, tuple[Any, str]]:
+        """The fields this spec leaves to a default that depends on something else
+        (a learning rate of 0: the kind's default for the method), as {name: (the
+        value the job uses, where it came from)}. The worker logs them at the start
+        of the job; a training run's spec.yaml holds these values."""
+        return {}
+
+    def with_resolved(self) -> "Spec":
+        """This spec with its `resolved` values written in."""
+        return self.model_copy(update={name: value for name, (value, _) in self.resolved().items()})
+
     def __init__(self, **data: Any):
         try:
             super().__init__(**data)

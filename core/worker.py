@@ -99,6 +99,8 @@ def run_job(job_id: int) -> int:
     tuner = None
     try:
         spec = spec_from_dict(json.loads((jobs.run_dir(job_id) / "spec.json").read_text()))
+        for name, (value, source) in spec.resolved().items():
+            print(f"{name} = {value!r} ({source})", flush=True)
         tuner = _set_threads(job_id, spec, record=True)
         runner = KINDS[spec.kind].run
         run = Run(job_id, stop, tuner)

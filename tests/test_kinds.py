@@ -221,3 +221,20 @@ def test_form_widgets_take_choices_and_defaults_from_the_spec(home):
     assert app.number_input(key="create_seed").value == 0
     st.cache_resource.clear()
     assert SFTSpec.choices("method") == ("full", "lora", "qlora")
+
+
+@pytest.mark.fast
+def test_a_value_left_to_the_kind_says_where_it_came_from():
+    """A learning rate of 0 is the kind's default for the method: resolved() names the
+    value and its source (the worker logs it), with_resolved() writes it in."""
+    trains = [(kind, k) for kind, k in KINDS.items() if traits(kind).trains]
+    assert {"sft", "reward", "dpo", "grpo", "ppo"} <= {kind for kind, _ in trains}
+    for kind, k in trains:
+        required = {"model": "m", "dataset": "d", "output_name": "o"}
+        for method, default in (("full", k.spec.default_lr[0]), ("lora", k.spec.default_lr[1])):
+            spec = k.spec(**required, method=method, **({"reward_model": "rm"} if kind in ("ppo", "grpo") else {}))
+            value, source = spec.resolved()["learning_rate"]
+            assert value == default and "learning_rate 0 in the spec" in source and kind.upper() in source.upper()
+            assert spec.with_resolved().learning_rate == default and spec.learning_rate == 0
+            assert yaml.safe_load(spec.with_resolved().to_yaml())["learning_rate"] == default
+        assert k.spec(**required, learning_rate=1e-3, **({"reward_model": "rm"} if kind in ("ppo", "grpo") else {})).resolved() == {}

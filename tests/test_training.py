@@ -210,9 +210,12 @@ def test_yaml_spec_on_the_command_line(tiny, cli, tmp_path):
     assert out.returncode == 0, out.stderr
     job = jobs.get(int(out.stdout.strip().splitlines()[-1]))
     assert job.spec["max_steps"] == 5 and models.find("from-yaml").source == "adapter"
-    # the run folder holds the YAML that replays it
+    # the run folder holds the YAML that replays it, with the values it ran with; the
+    # log says where a value the spec left to a default came from
     replay = (jobs.run_dir(job.id) / "spec.yaml").read_text()
-    assert "output_name: from-yaml" in replay and "max_steps: 5" in replay
+    assert "output_name: from-yaml" in replay and "max_steps: 5" in replay and "learning_rate: 0.0002" in replay
+    assert "learning_rate = 0.0002 (learning_rate 0 in the spec: SFT's default for LoRA and QLoRA)" in jobs.log_path(job.id).read_text()
+    assert job.spec["learning_rate"] == 0  # the job row keeps what was asked
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: sft\nmodel: base\ndataset: facts\nmethod: lora\noutput_name: x\nmax_stepz: 5\n")

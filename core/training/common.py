@@ -142,6 +142,12 @@ class TrainSpec(Spec):
     def lr(self) -> float:
         return self.learning_rate or self.default_lr[self.method != "full"]
 
+    def resolved(self) -> dict[str, tuple[Any, str]]:
+        if self.learning_rate:
+            return {}
+        method = "full fine-tuning" if self.method == "full" else "LoRA and QLoRA"
+        return {"learning_rate": (self.lr(), f"learning_rate 0 in the spec: {self.short_name().upper()}'s default for {method}")}
+
     def model_source(self) -> tuple[str, str]:
         return ("trained" if self.method == "full" else "adapter"), f"{self.short_name().upper()} ({self.method}) on {self.dataset}"
 
@@ -424,7 +430,7 @@ def reproduce(spec: TrainSpec) -> str:
     """The model card's last lines: the spec file that trains it again."""
     return (
         "\nReproduce with `python -m core run spec.yaml`:\n\n```yaml\n"
-        + spec.model_copy(update={"resume_from_job": 0}).to_yaml()
+        + spec.with_resolved().model_copy(update={"resume_from_job": 0}).to_yaml()
         + "```\n"
     )
 
@@ -504,7 +510,7 @@ def write_run_record(run: Run, spec: TrainSpec, trainer, base, data_row) -> None
         except metadata.PackageNotFoundError:
             pass
     (run.dir / "training_args.json").write_text(trainer.args.to_json_string())
-    (run.dir / "spec.yaml").write_text(spec.to_yaml())
+    (run.dir / "spec.yaml").write_text(spec.with_resolved().to_yaml())  # the values it ran with
     path = run.dir / "environment.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}  # the worker's thread choice
     path.write_text(
