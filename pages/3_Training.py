@@ -26,15 +26,9 @@ if not runs.open:
             forms.submit(lambda: spec, on_started=training.show_run)
 else:
     with runs:
-        sft_jobs = [j for j in jobs.list_jobs() if traits(j.kind).trains]
-        if not sft_jobs:
-            st.info("No training runs yet.")
-        else:
-            by_id = {j.id: j for j in sft_jobs}
-            if st.session_state.get("train_pick") not in by_id:
-                st.session_state["train_pick"] = sft_jobs[0].id
-            chosen = st.selectbox("Run", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="train_pick")
-            live_run = training.run_panel(chosen)
+        run = training.pick_run([j for j in jobs.list_jobs() if traits(j.kind).trains], "train_pick", "No training runs yet.")
+        if run is not None:
+            live_run = training.run_panel(run.id)
 
 if not live_run:
     with jobs_slot:

@@ -24,17 +24,11 @@ if new.open:
             forms.submit(lambda: spec, on_started=training.show_run)
 elif runs.open:
     with runs:
-        runs_list = [j for j in jobs.list_jobs() if j.kind in rlhf.alignment_kinds()]
-        if not runs_list:
-            st.info("No alignment runs yet.")
-        else:
-            by_id = {j.id: j for j in runs_list}
-            if st.session_state.get("rl_pick") not in by_id:
-                st.session_state["rl_pick"] = runs_list[0].id
-            chosen = st.selectbox("Run", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key="rl_pick")
-            live_run = training.run_panel(chosen)
-            rlhf.rollouts(by_id[chosen])
-            rlhf.before_after(by_id[chosen])
+        run = training.pick_run([j for j in jobs.list_jobs() if j.kind in rlhf.alignment_kinds()], "rl_pick", "No alignment runs yet.")
+        if run is not None:
+            live_run = training.run_panel(run.id)
+            rlhf.rollouts(run)
+            rlhf.before_after(run)
 else:
     with score:
         rlhf.score_box()

@@ -104,6 +104,19 @@ def follow(tab_key: str = "train_tab", pick_key: str = "train_pick") -> None:
         st.session_state[pick_key] = job_id
 
 
+def pick_run(rows: list, key: str, empty: str):
+    """A Runs tab's picker: `rows` newest first, the run picked kept in `key` (set by
+    `follow` for a run just started); `empty` when there is none (returns None)."""
+    if not rows:
+        st.info(empty)
+        return None
+    by_id = {j.id: j for j in rows}
+    if st.session_state.get(key) not in by_id:
+        st.session_state[key] = rows[0].id
+    chosen = st.selectbox("Run", list(by_id), format_func=lambda i: common.job_label(by_id[i]), key=key)
+    return by_id[chosen]
+
+
 LIVE_REFRESH_S = 30.0
 """A live run panel reruns at least this often (for the other jobs' elapsed times)."""
 CHART_EVERY_S = 10.0
