@@ -11,8 +11,10 @@ SFT (batch 4, max length 256, LoRA r=8, as bench/bench_sft.py):
      to record how far the page lags the database).
 Per way: the trainer's tokens/s (non-padding tokens / train_runtime), the CPU
 share of the app server and of Chromium (CPU seconds / wall seconds while the
-job ran, 100% = one core), and the job's torch threads (from its
-environment.json, else torch's default).
+job ran, 100% = one core), how often the job's threads were pre-empted
+(involuntary context switches per second, all its threads: two torch threads
+on two cores wait on each other when one is), and the job's torch threads
+(from its environment.json, else torch's default).
 
 Playground (the starter, the page's default settings, seed 0, N new tokens):
   a. `generate.stream` alone, in a fresh process with the thread choice the app
@@ -72,6 +74,25 @@ def tree_cpu(pids: list[int]) -> float:
     return total
 
 
+def preempted(pid: int) -> int:
+    """Times the threads of this process and its children were taken off a core while
+    they could still run (involuntary context switches, summed over every thread)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            for task in os.listdir(f"/proc/{p.pid}/task"):
+                with open(f"/proc/{p.pid}/task/{task}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("nonvoluntary_ctxt_switches"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,9 +149,12 @@ def sft_job(steps: int, name: str, watch=None, app: subprocess.Popen | None = No
         if jobs.get(job_id).status not in jobs.ACTIVE:
             break
         time.sleep(0.5)
-    t0, cpu0 = time.monotonic(), {k: tree_cpu(v) for k, v in cpu_pids.items()}
+    worker_pid = jobs.get(job_id).pid
+    t0, cpu0, pre0 = time.monotonic(), {k: tree_cpu(v) for k, v in cpu_pids.items()}, preempted(worker_pid)
     lags = []
+    pre = pre0
     while (job := jobs.get(job_id)).status in jobs.ACTIVE:
+        pre = max(pre, preempted(worker_pid))  # read while it runs: its threads are gone once it ends
         if sampler is not None and job.progress_message.startswith("step"):
             shown = sampler()
             if shown is not None:
@@ -145,6 +169,7 @@ def sft_job(steps: int, name: str, watch=None, app: subprocess.Popen | None = No
     r = job.result
     return {"tokens_per_s": r["train_tokens"] / r["train_runtime_s"], "app_cpu": cpu["app"], "browser_cpu": cpu["browser"],
             "threads": _threads_used(env), "page_lag_steps": max(lags) if lags else None,
+            "preempted_per_s": (pre - pre0) / wall,
             "job_id": job_id}
 
 
@@ -336,13 +361,13 @@ def main() -> None:
     lines = [
         f"\n### {when}{label} · {platform.node()} · {os.cpu_count()} cores · {args.steps} LoRA steps on the starter; "
         f"Playground: {args.tokens} new tokens, {args.reps} replies (median)\n",
-        "| SFT job | tokens/s | / no app | app CPU % | browser CPU % | torch threads | page behind by (steps, max) |",
-        "|---|---|---|---|---|---|---|",
+        "| SFT job | tokens/s | / no app | app CPU % | browser CPU % | job pre-empted /s | torch threads | page behind by (steps, max) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for way, r in sft.items():
         threads = r["threads"] if r["threads"] is not None else f"{default_threads} (torch default)"
         lines.append(f"| {way} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.2f} | {fmt(r['app_cpu'])} | "
-                     f"{fmt(r['browser_cpu'])} | {threads} | {fmt(r['page_lag_steps'], 'd')} |")
+                     f"{fmt(r['browser_cpu'])} | {fmt(r['preempted_per_s'], '.0f')} | {threads} | {fmt(r['page_lag_steps'], 'd')} |")
     a, b = statistics.median(alone["rates"]), statistics.median(in_page["rates"])
     lines += [
         "",
