@@ -12,7 +12,7 @@ times move. A browser tab in the background does not poll.
 
 Even a rerun of a panel with one number in it costs the browser ~0.1 CPU-second
 here (Streamlit re-renders its app for each run), so a live run panel
-(`figures=`) does not rerun at each step: the component itself shows the run's
+(`follow(job, view=True)`) does not rerun at each step: the component itself shows the run's
 moving numbers (status, step, elapsed, ETA, the main metric, the progress
 line) from each poll's answer, and the panel reruns for its chart at most
 every `min_rerun_s`, at once when a job starts or ends or the run's status
