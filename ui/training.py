@@ -172,7 +172,8 @@ def run_panel(job_id: int) -> bool:
             view = live.figures(job)
             for col, (label, value) in zip(st.columns(len(view["figures"])), view["figures"]):
                 col.metric(label, value)
-            st.progress(jobs.progress(job).fraction or 0.0, text=jobs.progress(job).message)
+            p = jobs.progress(job)
+            st.progress(p.fraction or 0.0, text=p.message)
         if job.error:
             (st.info if job.status in jobs.STOPPED else st.error)(forms.page_words(job.error or ""))
         if chart is not None:
