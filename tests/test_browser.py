@@ -170,7 +170,7 @@ def assert_live_api(port: int) -> None:
 
     assert get("") == (200, live.answer())
     assert get("?job=1") == (200, live.answer(1))
-    assert live.state(1) != live.state()
+    assert live.answer(1)["state"] != live.answer()["state"]
     status, body = get("?job=1&view=1")  # a run panel's numbers, drawn by its live component
     assert status == 200 and body["view"]["figures"][0] == ["Status", "succeeded"] and body["view"]["line"].startswith("100% · "), body
     assert get("?job=one") == (400, {"error": "job must be a job id (a number), not 'one'"})

@@ -174,11 +174,6 @@ def answer(job_id: Optional[int] = None, view: bool = False) -> dict:
     return {"state": _hash(parts), "coarse": _hash(coarse), **out}
 
 
-def state(job_id: Optional[int] = None) -> str:
-    """The "state" hash of `answer`."""
-    return answer(job_id)["state"]
-
-
 def figures(job) -> dict:
     """A run's numbers on top of its panel: {"figures": [[label, text], ...],
     "line": progress in words}. Drawn by the page once the run has ended, by the
